@@ -16,8 +16,8 @@ const Version = 1
 // Limits of the wire format. They bound what a hostile or broken producer can
 // make a worker do.
 const (
-	MaxMessageBytes = 64 << 10      // a job message larger than this is rejected unread
-	MaxKeyBytes     = 1024          // S3's own limit on object keys
+	MaxMessageBytes = 64 << 10       // a job message larger than this is rejected unread
+	MaxKeyBytes     = 1024           // S3's own limit on object keys
 	MaxImageSize    = int64(1) << 46 // 64 TiB, far beyond any Cinder backend's volume limit
 	DefaultZone     = "default"
 )
