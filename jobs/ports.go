@@ -210,3 +210,55 @@ type Journal interface {
 	// List returns every record, for the reconciler.
 	List(ctx context.Context) ([]Record, error)
 }
+
+// Digest is what a copy measured: the byte count and both image hashes in
+// lowercase hex.
+type Digest struct {
+	Bytes     int64
+	MD5       string
+	HashAlgo  string
+	HashValue string
+}
+
+// FillRequest configures Copier.Fill.
+type FillRequest struct {
+	// HashAlgo is the os_hash algorithm (sha256, sha384, sha512).
+	HashAlgo string
+	// Resume, when set, continues a copy: src starts at Resume.Offset, and the
+	// hash states are restored from it.
+	Resume *Checkpoint
+	// CheckpointEvery is how many bytes pass between checkpoints (0: none).
+	// At each one the copier drains its pipeline, flushes the device and
+	// calls Checkpoint with the durable offset and the hash states there.
+	CheckpointEvery int64
+	Checkpoint      func(ctx context.Context, cp Checkpoint) error
+	// Progress is called with the number of bytes handed to the device so
+	// far (including any resumed prefix). It must be cheap.
+	Progress func(done int64)
+	// Grow is called, with the pipeline drained, when the next write would
+	// pass the device's end; it returns the device to continue on (the same
+	// one after an online extend, a new one after an offline extend). Nil
+	// means the device cannot grow: the copy fails permanently.
+	Grow func(ctx context.Context, dev Device, need int64) (Device, error)
+}
+
+// DrainRequest configures Copier.Drain.
+type DrainRequest struct {
+	// Offset and Length select the image bytes to read.
+	Offset, Length int64
+	// HashAlgo, when set, makes Drain hash what it reads (md5 and HashAlgo).
+	HashAlgo string
+	// Progress is called with the bytes written to dst so far.
+	Progress func(done int64)
+}
+
+// Copier moves image bytes between a stream and a device, pipelined and in
+// constant memory.
+type Copier interface {
+	// Fill writes src to dev from offset 0 (or Resume.Offset) until src
+	// ends, hashing in parallel. The tail is zero-padded to the block size.
+	// It does not flush after the last byte: the caller does.
+	Fill(ctx context.Context, dev Device, src io.Reader, req FillRequest) (Digest, error)
+	// Drain writes the selected bytes of dev to dst, in order.
+	Drain(ctx context.Context, dev Device, dst io.Writer, req DrainRequest) (Digest, error)
+}
