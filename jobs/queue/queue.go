@@ -1,0 +1,520 @@
+package queue
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cinderport/cinderport/jobs"
+)
+
+// Names of the streams, bucket and subjects.
+const (
+	JobsStream   = "CINDERPORT_JOBS"
+	DeadStream   = "CINDERPORT_DEAD"
+	StatusBucket = "cinderport_status"
+	jobsPrefix   = "cinderport.jobs."
+	deadPrefix   = "cinderport.dead."
+	eventsPrefix = "cinderport.events."
+)
+
+// Headers on dead letters.
+const (
+	HeaderReason   = "Cinderport-Reason"
+	HeaderJobID    = "Cinderport-Job-Id"
+	HeaderAttempts = "Cinderport-Attempts"
+	HeaderSubject  = "Cinderport-Subject"
+	HeaderTime     = "Cinderport-Time"
+)
+
+// Config configures the streams and consumers.
+type Config struct {
+	// Replicas of streams and bucket (1; 3 on a 3-node cluster).
+	Replicas int
+	// Duplicates is the de-duplication window for job ids (default 10 min).
+	Duplicates time.Duration
+	// AckWait is how long a delivered job may go without a heartbeat before
+	// it is redelivered (default 60 s).
+	AckWait time.Duration
+	// MaxDeliver bounds the deliveries of a job (default 5).
+	MaxDeliver int
+	// MaxAckPending bounds the jobs in flight per zone (default 1024).
+	MaxAckPending int
+	// StatusTTL is how long job statuses are kept (default 7 days).
+	StatusTTL time.Duration
+}
+
+func (c Config) withDefaults() Config {
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.Duplicates == 0 {
+		c.Duplicates = 10 * time.Minute
+	}
+	if c.AckWait == 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.MaxDeliver == 0 {
+		c.MaxDeliver = 5
+	}
+	if c.MaxAckPending == 0 {
+		c.MaxAckPending = 1024
+	}
+	if c.StatusTTL == 0 {
+		c.StatusTTL = 7 * 24 * time.Hour
+	}
+	return c
+}
+
+// Validate reports a configuration the server would refuse.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	switch {
+	case c.Replicas < 1 || c.Replicas > 5:
+		return fmt.Errorf("queue: replicas must be 1..5, got %d", c.Replicas)
+	case c.AckWait < time.Second:
+		return fmt.Errorf("queue: AckWait must be at least 1 s, got %v", c.AckWait)
+	case c.MaxDeliver < 1:
+		return fmt.Errorf("queue: MaxDeliver must be at least 1")
+	}
+	return nil
+}
+
+// ConnectOptions configure Connect.
+type ConnectOptions struct {
+	Name      string
+	CredsFile string
+	// RootCAs and client certificate for TLS, when set.
+	RootCAs          string
+	CertFile, KeyFile string
+}
+
+// Connect dials NATS and reconnects forever: the server redelivers only
+// after AckWait, so a worker rides out a broken connection.
+func Connect(ctx context.Context, url string, o ConnectOptions) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name(o.Name), nats.MaxReconnects(-1), nats.ReconnectWait(500 * time.Millisecond)}
+	if o.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredsFile))
+	}
+	if o.RootCAs != "" {
+		opts = append(opts, nats.RootCAs(o.RootCAs))
+	}
+	if o.CertFile != "" {
+		opts = append(opts, nats.ClientCert(o.CertFile, o.KeyFile))
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(time.Until(dl)))
+	}
+	return nats.Connect(url, opts...)
+}
+
+// Queue is an open job queue.
+type Queue struct {
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	cfg    Config
+	jobs   jetstream.Stream
+	dead   jetstream.Stream
+	status jetstream.KeyValue
+}
+
+var _ jobs.Events = (*Queue)(nil)
+
+// Open creates or updates the streams and the status bucket.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	q := &Queue{nc: nc, js: js, cfg: cfg}
+	q.jobs, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: JobsStream, Subjects: []string{jobsPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
+		Storage: jetstream.FileStorage, Duplicates: cfg.Duplicates, Replicas: cfg.Replicas,
+		MaxMsgSize: jobs.MaxMessageBytes, Discard: jetstream.DiscardOld,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", JobsStream, err)
+	}
+	q.dead, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: DeadStream, Subjects: []string{deadPrefix + ">"}, Retention: jetstream.LimitsPolicy,
+		Storage: jetstream.FileStorage, Duplicates: cfg.Duplicates, Replicas: cfg.Replicas, MaxAge: 30 * 24 * time.Hour,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", DeadStream, err)
+	}
+	q.status, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket: StatusBucket, History: 1, TTL: cfg.StatusTTL, Replicas: cfg.Replicas, Storage: jetstream.FileStorage,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("bucket %s: %w", StatusBucket, err)
+	}
+	return q, nil
+}
+
+// Subject is a job's subject.
+func Subject(kind jobs.Kind, zone string) string {
+	return jobsPrefix + string(kind) + "." + zone
+}
+
+// EnqueueResult reports an enqueue.
+type EnqueueResult struct {
+	Seq uint64
+	// Duplicate is true when the job id was enqueued within the
+	// de-duplication window: nothing new was queued.
+	Duplicate bool
+}
+
+// Enqueue validates and publishes a job, its id as Nats-Msg-Id, and
+// records it as queued (unless it has a status already).
+func (q *Queue) Enqueue(ctx context.Context, job jobs.Job) (EnqueueResult, error) {
+	job.Normalize()
+	data, err := jobs.Encode(job)
+	if err != nil {
+		return EnqueueResult{}, err
+	}
+	if _, err := q.status.Create(ctx, job.ID, q.mustJSON(jobs.Event{JobID: job.ID, Kind: job.Kind, State: jobs.StateQueued,
+		ImageID: job.ImageID, Total: job.Size, Time: time.Now().UTC()})); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return EnqueueResult{}, fmt.Errorf("record status of job %s: %w", job.ID, err)
+	}
+	return q.EnqueueRaw(ctx, Subject(job.Kind, job.Zone), data, job.ID)
+}
+
+// EnqueueRaw publishes data as a job on subject, unvalidated (tests use it
+// to send what a broken producer would).
+func (q *Queue) EnqueueRaw(ctx context.Context, subject string, data []byte, msgID string) (EnqueueResult, error) {
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	ack, err := q.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID), jetstream.WithExpectStream(JobsStream))
+	if err != nil {
+		return EnqueueResult{}, fmt.Errorf("publish job %s: %w", msgID, err)
+	}
+	return EnqueueResult{Seq: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+func (q *Queue) mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
+}
+
+// Publish implements jobs.Events: the event goes out on its subject and
+// becomes the job's status.
+func (q *Queue) Publish(ctx context.Context, ev jobs.Event) error {
+	if ev.JobID == "" || strings.ContainsAny(ev.JobID, ".*> \t\r\n") {
+		return fmt.Errorf("publish event: invalid job id %q", truncate(ev.JobID, 40))
+	}
+	b := q.mustJSON(ev)
+	if err := q.nc.Publish(eventsPrefix+ev.JobID+"."+string(ev.State), b); err != nil {
+		return fmt.Errorf("publish event of job %s: %w", ev.JobID, err)
+	}
+	if _, err := q.status.Put(ctx, ev.JobID, b); err != nil {
+		return fmt.Errorf("record status of job %s: %w", ev.JobID, err)
+	}
+	return nil
+}
+
+// Status returns a job's latest event, or an error wrapping
+// jobs.ErrNotFound.
+func (q *Queue) Status(ctx context.Context, jobID string) (jobs.Event, error) {
+	e, err := q.status.Get(ctx, jobID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrInvalidKey) {
+		return jobs.Event{}, fmt.Errorf("job %s: %w", jobID, jobs.ErrNotFound)
+	}
+	if err != nil {
+		return jobs.Event{}, err
+	}
+	var ev jobs.Event
+	if err := json.Unmarshal(e.Value(), &ev); err != nil {
+		return jobs.Event{}, fmt.Errorf("status of job %s: %w", jobID, err)
+	}
+	return ev, nil
+}
+
+// Watch calls fn with the job's current status and every change, until fn
+// returns false or ctx ends. A job with no status yet is waited for.
+func (q *Queue) Watch(ctx context.Context, jobID string, fn func(jobs.Event) bool) error {
+	w, err := q.status.Watch(ctx, jobID)
+	if err != nil {
+		return err
+	}
+	defer w.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return errors.New("status watch closed")
+			}
+			if e == nil || e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var ev jobs.Event
+			if err := json.Unmarshal(e.Value(), &ev); err != nil {
+				continue
+			}
+			if !fn(ev) {
+				return nil
+			}
+		}
+	}
+}
+
+// Consume runs handle for the zone's jobs with at most slots at once,
+// pulling one message per free slot (a buffered message would burn its
+// AckWait while waiting). When ctx ends it stops pulling and returns once
+// every running handler returned. Handlers get a context that ctx does not
+// cancel: the caller decides how running jobs drain.
+func (q *Queue) Consume(ctx context.Context, zone string, slots int, handle func(context.Context, jobs.Delivery)) error {
+	cons, err := q.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable: "cinderport-" + zone, FilterSubject: jobsPrefix + "*." + zone,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: q.cfg.AckWait, MaxDeliver: q.cfg.MaxDeliver,
+		MaxAckPending: max(q.cfg.MaxAckPending, slots), DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer for zone %s: %w", zone, err)
+	}
+	free := make(chan struct{}, slots)
+	for range slots {
+		free <- struct{}{}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	hctx := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-free:
+		}
+		msg, err := q.next(ctx, cons)
+		if msg == nil {
+			free <- struct{}{}
+			if err != nil && ctx.Err() == nil {
+				select { // the server is away: back off a little
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { free <- struct{}{} }()
+			handle(hctx, &delivery{q: q, msg: msg})
+		}()
+	}
+}
+
+// next pulls one message, waiting up to a second.
+func (q *Queue) next(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	batch, err := cons.Fetch(1, jetstream.FetchMaxWait(time.Second))
+	if err != nil {
+		return nil, err
+	}
+	for m := range batch.Messages() {
+		return m, nil
+	}
+	return nil, batch.Error()
+}
+
+// delivery is one job message: it satisfies jobs.Delivery.
+type delivery struct {
+	q   *Queue
+	msg jetstream.Msg
+}
+
+var _ jobs.Delivery = (*delivery)(nil)
+
+func (d *delivery) Data() []byte { return d.msg.Data() }
+
+func (d *delivery) Attempt() int {
+	md, err := d.msg.Metadata()
+	if err != nil {
+		return 1
+	}
+	return int(md.NumDelivered)
+}
+
+func (d *delivery) InProgress(ctx context.Context) error { return d.msg.InProgress() }
+
+func (d *delivery) Ack(ctx context.Context) error { return d.msg.DoubleAck(ctx) }
+
+func (d *delivery) Retry(ctx context.Context, delay time.Duration) error {
+	return d.msg.NakWithDelay(delay)
+}
+
+// Release hands the job back at once. JetStream counts the delivery
+// anyway; the worker's attempt budget is MaxDeliver.
+func (d *delivery) Release(ctx context.Context) error { return d.msg.Nak() }
+
+// DeadLetter publishes the job to the dead letters with the reason, and
+// only then terminates it (on a work queue, Term deletes the message).
+func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
+	id := ""
+	if md, err := d.msg.Metadata(); err == nil {
+		id = "dead-" + strconv.FormatUint(md.Sequence.Stream, 10)
+	}
+	if err := d.q.deadLetter(ctx, d.msg.Subject(), d.msg.Data(), reason, d.Attempt(), id); err != nil {
+		return err
+	}
+	return d.msg.TermWithReason(truncate(reason, 256))
+}
+
+func (q *Queue) deadLetter(ctx context.Context, subject string, data []byte, reason string, attempts int, msgID string) error {
+	rest := strings.TrimPrefix(subject, jobsPrefix)
+	msg := nats.NewMsg(deadPrefix + rest)
+	msg.Data = data
+	if j, err := jobs.Decode(data); err == nil {
+		msg.Header.Set(HeaderJobID, j.ID)
+	} else if id := looseID(data); id != "" {
+		msg.Header.Set(HeaderJobID, id)
+	}
+	msg.Header.Set(HeaderReason, truncate(reason, 4096))
+	msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
+	msg.Header.Set(HeaderSubject, subject)
+	msg.Header.Set(HeaderTime, time.Now().UTC().Format(time.RFC3339Nano))
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	if _, err := q.js.PublishMsg(ctx, msg, opts...); err != nil {
+		return fmt.Errorf("publish dead letter: %w", err)
+	}
+	return nil
+}
+
+func looseID(data []byte) string {
+	var v struct {
+		ID string `json:"id"`
+	}
+	if len(data) > jobs.MaxMessageBytes || json.Unmarshal(data, &v) != nil || len(v.ID) > 128 {
+		return ""
+	}
+	return v.ID
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// WatchMaxDeliveries moves jobs that exhausted MaxDeliver (the worker that
+// had them died or hung on the last attempt) to the dead letters, until ctx
+// ends. Every worker may run it: the dead letter is de-duplicated by the
+// job's stream sequence.
+func (q *Queue) WatchMaxDeliveries(ctx context.Context) error {
+	ch := make(chan *nats.Msg, 64)
+	sub, err := q.nc.ChanSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."+JobsStream+".*", ch)
+	if err != nil {
+		return err
+	}
+	defer sub.Unsubscribe()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case m := <-ch:
+			var adv struct {
+				StreamSeq  uint64 `json:"stream_seq"`
+				Deliveries int    `json:"deliveries"`
+			}
+			if json.Unmarshal(m.Data, &adv) != nil || adv.StreamSeq == 0 {
+				continue
+			}
+			raw, err := q.jobs.GetMsg(ctx, adv.StreamSeq)
+			if err != nil {
+				continue // another worker moved it already
+			}
+			reason := fmt.Sprintf("exhausted %d deliveries: no worker finished it within its ack wait", adv.Deliveries)
+			if err := q.deadLetter(ctx, raw.Subject, raw.Data, reason, adv.Deliveries, "dead-"+strconv.FormatUint(adv.StreamSeq, 10)); err != nil {
+				continue
+			}
+			q.jobs.DeleteMsg(ctx, adv.StreamSeq)
+			if id := looseID(raw.Data); id != "" {
+				q.Publish(ctx, jobs.Event{JobID: id, State: jobs.StateFailed, Error: reason, Time: time.Now().UTC()})
+			}
+		}
+	}
+}
+
+// DeadLetter is a job on the dead-letter stream.
+type DeadLetter struct {
+	Seq      uint64    `json:"seq"`
+	JobID    string    `json:"job_id"`
+	Reason   string    `json:"reason"`
+	Attempts int       `json:"attempts"`
+	Subject  string    `json:"subject"`
+	Time     time.Time `json:"time"`
+	Data     []byte    `json:"data"`
+}
+
+// DeadLetters lists the dead letters, oldest first.
+func (q *Queue) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	info, err := q.dead.Info(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []DeadLetter
+	if info.State.Msgs == 0 {
+		return out, nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := q.dead.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			return out, err
+		}
+		out = append(out, toDeadLetter(m))
+	}
+	return out, nil
+}
+
+func toDeadLetter(m *jetstream.RawStreamMsg) DeadLetter {
+	d := DeadLetter{Seq: m.Sequence, Data: m.Data, Subject: m.Header.Get(HeaderSubject),
+		JobID: m.Header.Get(HeaderJobID), Reason: m.Header.Get(HeaderReason)}
+	d.Attempts, _ = strconv.Atoi(m.Header.Get(HeaderAttempts))
+	d.Time, _ = time.Parse(time.RFC3339Nano, m.Header.Get(HeaderTime))
+	return d
+}
+
+// Replay puts a dead letter back on the jobs stream (under a fresh message
+// id, so the de-duplication window does not drop it) and removes it.
+func (q *Queue) Replay(ctx context.Context, seq uint64) error {
+	m, err := q.dead.GetMsg(ctx, seq)
+	if err != nil {
+		return fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	d := toDeadLetter(m)
+	if d.Subject == "" {
+		return fmt.Errorf("dead letter %d has no original subject", seq)
+	}
+	if _, err := q.EnqueueRaw(ctx, d.Subject, d.Data, fmt.Sprintf("%s-replay-%d", d.JobID, seq)); err != nil {
+		return err
+	}
+	if d.JobID != "" {
+		q.Publish(ctx, jobs.Event{JobID: d.JobID, State: jobs.StateQueued, Time: time.Now().UTC()})
+	}
+	return q.dead.DeleteMsg(ctx, seq)
+}
