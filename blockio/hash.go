@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"hash"
+	"io"
 
 	"github.com/cinderport/cinderport/jobs"
 )
@@ -75,4 +76,56 @@ func unmarshalState(h hash.Hash, state []byte) error {
 		return fmt.Errorf("hash %T cannot resume", h)
 	}
 	return u.UnmarshalBinary(state)
+}
+
+// ImageHasher computes md5 and an os_hash over a stream, the two on their
+// own goroutines: each Write returns when both hashed it.
+type ImageHasher struct {
+	h       *imageHashes
+	n       int64
+	md5In   chan []byte
+	osIn    chan []byte
+	done    chan struct{}
+	stopped bool
+}
+
+// NewImageHasher starts the two hashing goroutines; Digest stops them.
+func NewImageHasher(algo string) (*ImageHasher, error) {
+	h, err := newImageHashes(algo, nil)
+	if err != nil {
+		return nil, err
+	}
+	ih := &ImageHasher{h: h, md5In: make(chan []byte), osIn: make(chan []byte), done: make(chan struct{}, 2)}
+	for _, s := range []struct {
+		in chan []byte
+		w  io.Writer
+	}{{ih.md5In, h.md5}, {ih.osIn, h.os}} {
+		go func() {
+			for p := range s.in {
+				s.w.Write(p)
+				ih.done <- struct{}{}
+			}
+		}()
+	}
+	return ih, nil
+}
+
+// Write hashes p with both hashes in parallel.
+func (ih *ImageHasher) Write(p []byte) (int, error) {
+	ih.md5In <- p
+	ih.osIn <- p
+	<-ih.done
+	<-ih.done
+	ih.n += int64(len(p))
+	return len(p), nil
+}
+
+// Digest stops the hasher and returns what it hashed.
+func (ih *ImageHasher) Digest() jobs.Digest {
+	if !ih.stopped {
+		ih.stopped = true
+		close(ih.md5In)
+		close(ih.osIn)
+	}
+	return ih.h.digest(ih.n)
 }

@@ -74,6 +74,9 @@ type Runner struct {
 	Events    Events
 	Log       zerolog.Logger
 	Config    RunnerConfig
+	// Evict, when set, releases this worker's idle download attachment of a
+	// volume about to be deleted.
+	Evict func(ctx context.Context, volumeID string)
 }
 
 // run is one execution of one job.
@@ -651,8 +654,11 @@ func (x *run) delete(ctx context.Context) (Result, error) {
 	if err := x.step(ctx, StepCleanup); err != nil {
 		return Result{}, err
 	}
+	if x.Evict != nil {
+		x.Evict(ctx, x.job.VolumeID)
+	}
 	if err := x.Volumes.DeleteVolume(ctx, x.job.VolumeID); err != nil {
-		return Result{}, fmt.Errorf("delete volume %s: %w", x.job.VolumeID, err)
+		return Result{}, err
 	}
 	return Result{VolumeID: x.job.VolumeID}, nil
 }

@@ -93,7 +93,7 @@ type ConnectOptions struct {
 	Name      string
 	CredsFile string
 	// RootCAs and client certificate for TLS, when set.
-	RootCAs          string
+	RootCAs           string
 	CertFile, KeyFile string
 }
 
@@ -372,13 +372,15 @@ func (d *delivery) DeadLetter(ctx context.Context, reason string) error {
 	if md, err := d.msg.Metadata(); err == nil {
 		id = "dead-" + strconv.FormatUint(md.Sequence.Stream, 10)
 	}
-	if err := d.q.deadLetter(ctx, d.msg.Subject(), d.msg.Data(), reason, d.Attempt(), id); err != nil {
+	if err := d.q.deadLetter(ctx, d.msg.Subject(), d.msg.Data(), d.msg.Headers().Get(nats.MsgIdHdr), reason, d.Attempt(), id); err != nil {
 		return err
 	}
 	return d.msg.TermWithReason(truncate(reason, 256))
 }
 
-func (q *Queue) deadLetter(ctx context.Context, subject string, data []byte, reason string, attempts int, msgID string) error {
+// deadLetter publishes a dead letter. origID, the original Nats-Msg-Id,
+// names the job when its body is too broken to say.
+func (q *Queue) deadLetter(ctx context.Context, subject string, data []byte, origID, reason string, attempts int, msgID string) error {
 	rest := strings.TrimPrefix(subject, jobsPrefix)
 	msg := nats.NewMsg(deadPrefix + rest)
 	msg.Data = data
@@ -386,6 +388,8 @@ func (q *Queue) deadLetter(ctx context.Context, subject string, data []byte, rea
 		msg.Header.Set(HeaderJobID, j.ID)
 	} else if id := looseID(data); id != "" {
 		msg.Header.Set(HeaderJobID, id)
+	} else if origID != "" {
+		msg.Header.Set(HeaderJobID, truncate(origID, 128))
 	}
 	msg.Header.Set(HeaderReason, truncate(reason, 4096))
 	msg.Header.Set(HeaderAttempts, strconv.Itoa(attempts))
@@ -446,7 +450,7 @@ func (q *Queue) WatchMaxDeliveries(ctx context.Context) error {
 				continue // another worker moved it already
 			}
 			reason := fmt.Sprintf("exhausted %d deliveries: no worker finished it within its ack wait", adv.Deliveries)
-			if err := q.deadLetter(ctx, raw.Subject, raw.Data, reason, adv.Deliveries, "dead-"+strconv.FormatUint(adv.StreamSeq, 10)); err != nil {
+			if err := q.deadLetter(ctx, raw.Subject, raw.Data, raw.Header.Get(nats.MsgIdHdr), reason, adv.Deliveries, "dead-"+strconv.FormatUint(adv.StreamSeq, 10)); err != nil {
 				continue
 			}
 			q.jobs.DeleteMsg(ctx, adv.StreamSeq)

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cinderport/cinderport/blockio"
+	"github.com/cinderport/cinderport/internal/embedded"
+	"github.com/cinderport/cinderport/jobs"
+	"github.com/cinderport/cinderport/jobs/httpapi"
+	"github.com/cinderport/cinderport/jobs/queue"
+	"github.com/cinderport/cinderport/staging"
+	"github.com/cinderport/cinderport/state"
+)
+
+func newLogger(c config, stderr io.Writer) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(c.logLevel)
+	if err != nil || c.logLevel == "" {
+		return zerolog.Nop(), fmt.Errorf("--log-level: want debug, info, warn or error, got %q", c.logLevel)
+	}
+	var w io.Writer = stderr
+	console := c.logFormat == "console"
+	if c.logFormat == "auto" {
+		if f, ok := stderr.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				console = true
+			}
+		}
+	} else if c.logFormat != "json" && c.logFormat != "console" {
+		return zerolog.Nop(), fmt.Errorf("--log-format: want json, console or auto, got %q", c.logFormat)
+	}
+	if console {
+		w = zerolog.ConsoleWriter{Out: stderr, TimeFormat: time.TimeOnly}
+	}
+	return zerolog.New(w).Level(level).With().Timestamp().Str("worker", c.name).Logger(), nil
+}
+
+// serve runs the worker until ctx is cancelled, then shuts down in order:
+// stop taking jobs, let running jobs finish within the grace period (then
+// interrupt and hand them back), stop the HTTP API, release attachments,
+// close the journal and the embedded servers.
+func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
+	log, err := newLogger(c, stderr)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(c.dataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	journal, err := state.Open(filepath.Join(c.dataDir, "journal.db"), state.Options{})
+	if err != nil {
+		return err
+	}
+	defer journal.Close()
+
+	var cleanups []func()
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}()
+
+	deps, err := wire(ctx, c, log, journal, &cleanups)
+	if err != nil {
+		return err
+	}
+	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver})
+	if err != nil {
+		return fmt.Errorf("open the job queue: %w", err)
+	}
+
+	copier := &blockio.Copier{}
+	downloads := &jobs.Downloads{Volumes: deps.volumes, Connector: deps.connector, Copier: copier, Log: log}
+	runner := &jobs.Runner{Evict: downloads.Evict,
+		Volumes: deps.volumes, Connector: deps.connector, Staging: deps.staging, Journal: journal,
+		Copier: copier, Events: q, Log: log,
+		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery},
+	}
+	worker := &jobs.Worker{Runner: runner, Events: q, Log: log,
+		Config: jobs.WorkerConfig{Name: c.name, MaxAttempts: c.maxDeliver, Heartbeat: c.ackWait / 3}}
+
+	api := &httpapi.Server{Downloads: downloads, Log: log, Ready: func(ctx context.Context) error {
+		if !deps.nc.IsConnected() {
+			return errors.New("NATS is not connected")
+		}
+		if _, err := deps.staging.Stat(ctx, jobs.Object{Bucket: c.bucket, Key: "readyz-probe"}); err != nil && !errors.Is(err, jobs.ErrNotFound) {
+			return fmt.Errorf("S3 staging: %w", err)
+		}
+		if _, err := deps.volumes.Capabilities(ctx); err != nil {
+			return fmt.Errorf("volume service: %w", err)
+		}
+		return nil
+	}}
+	ln, err := net.Listen("tcp", c.httpAddr)
+	if err != nil {
+		return fmt.Errorf("HTTP API: %w", err)
+	}
+	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- srv.Serve(ln) }()
+	httpURL := "http://" + ln.Addr().String()
+
+	if deps.endpoints != nil {
+		ep := *deps.endpoints
+		ep.HTTPURL, ep.PID, ep.Bucket = httpURL, os.Getpid(), c.bucket
+		if err := ep.Write(c.dataDir); err != nil {
+			return err
+		}
+		defer embedded.RemoveEndpoints(c.dataDir)
+	}
+	log.Info().Str("zone", c.zone).Int("concurrency", c.slots).Str("http", httpURL).
+		Bool("embedded", deps.endpoints != nil).Msg("worker ready")
+
+	// Jobs run under their own context: a shutdown first stops taking jobs
+	// and gives running ones the grace period, then interrupts them.
+	jobCtx, interrupt := context.WithCancel(context.WithoutCancel(ctx))
+	defer interrupt()
+	advisories := make(chan error, 1)
+	go func() { advisories <- q.WatchMaxDeliveries(jobCtx) }()
+	consumeDone := make(chan error, 1)
+	go func() {
+		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) { worker.Handle(jobCtx, d) })
+	}()
+
+	var consumeErr error
+	select {
+	case <-ctx.Done():
+		log.Info().Dur("grace", c.grace).Msg("shutting down: no new jobs; running jobs may finish")
+		select {
+		case consumeErr = <-consumeDone:
+		case <-time.After(c.grace):
+			log.Warn().Msg("grace period over: interrupting running jobs and handing them back")
+			interrupt()
+			consumeErr = <-consumeDone
+		}
+	case consumeErr = <-consumeDone:
+		log.Error().Err(consumeErr).Msg("job consumer stopped")
+	}
+	interrupt()
+	<-advisories
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	<-httpDone
+	downloads.Close()
+	log.Info().Msg("worker stopped")
+	if consumeErr != nil && !errors.Is(consumeErr, context.Canceled) {
+		return consumeErr
+	}
+	return nil
+}
+
+var _ jobs.Staging = (*staging.Client)(nil)
