@@ -1,7 +1,6 @@
 package harness
 
 import (
-	"bytes"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -56,8 +55,12 @@ func StartTgtd(t testing.TB) *Tgtd {
 		d.control = 1000 + rand.IntN(30000)
 		d.Portal = "127.0.0.1:" + strconv.Itoa(FreePort(t))
 		d.cmd = exec.Command(bin, "-f", "-C", strconv.Itoa(d.control), "--iscsi", "portal="+d.Portal)
-		var out bytes.Buffer
-		d.cmd.Stdout, d.cmd.Stderr = &out, &out
+		logf, err := os.CreateTemp(t.TempDir(), "tgtd-*.log")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A file, not a pipe: Wait must not wait for tgtd's descendants.
+		d.cmd.Stdout, d.cmd.Stderr = logf, logf
 		if err := d.cmd.Start(); err != nil {
 			t.Fatalf("start tgtd: %v", err)
 		}
@@ -68,7 +71,8 @@ func StartTgtd(t testing.TB) *Tgtd {
 		}
 		d.kill()
 		if attempt == 3 {
-			t.Fatalf("tgtd did not start: %s", out.String())
+			b, _ := os.ReadFile(logf.Name())
+			t.Fatalf("tgtd did not start: %s", b)
 		}
 	}
 	t.Cleanup(d.Stop)
