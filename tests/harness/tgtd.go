@@ -50,33 +50,50 @@ func StartTgtd(t testing.TB) *Tgtd {
 	t.Helper()
 	bin := Need(t, "tgtd", "tgtd (Debian package tgt)")
 	Need(t, "tgtadm", "tgtadm (Debian package tgt)")
-	d := &Tgtd{t: t, nextTID: 1}
+	d, err := startTgtd(bin, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.t = t
+	t.Cleanup(d.Stop)
+	return d
+}
+
+// startTgtd runs tgtd with its log in dir, on a free portal and a random
+// control port; the caller stops it. Adm needs a test: it is set by
+// StartTgtd only.
+func startTgtd(bin, dir string) (*Tgtd, error) {
+	d := &Tgtd{nextTID: 1}
 	for attempt := 0; ; attempt++ {
-		d.control = 1000 + rand.IntN(30000)
-		d.Portal = "127.0.0.1:" + strconv.Itoa(FreePort(t))
-		d.cmd = exec.Command(bin, "-f", "-C", strconv.Itoa(d.control), "--iscsi", "portal="+d.Portal)
-		logf, err := os.CreateTemp(t.TempDir(), "tgtd-*.log")
+		port, err := freePort()
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
+		}
+		d.control = 1000 + rand.IntN(30000)
+		d.Portal = "127.0.0.1:" + strconv.Itoa(port)
+		d.cmd = exec.Command(bin, "-f", "-C", strconv.Itoa(d.control), "--iscsi", "portal="+d.Portal)
+		logf, err := os.CreateTemp(dir, "tgtd-*.log")
+		if err != nil {
+			return nil, err
 		}
 		// A file, not a pipe: Wait must not wait for tgtd's descendants.
 		d.cmd.Stdout, d.cmd.Stderr = logf, logf
-		if err := d.cmd.Start(); err != nil {
-			t.Fatalf("start tgtd: %v", err)
+		err = d.cmd.Start()
+		logf.Close()
+		if err != nil {
+			return nil, fmt.Errorf("start tgtd: %w", err)
 		}
 		d.done = make(chan struct{})
 		go func() { d.cmd.Wait(); close(d.done) }()
 		if d.waitReady() {
-			break
+			return d, nil
 		}
 		d.kill()
 		if attempt == 3 {
 			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("tgtd did not start: %s", b)
+			return nil, fmt.Errorf("tgtd did not start: %s", b)
 		}
 	}
-	t.Cleanup(d.Stop)
-	return d
 }
 
 func (d *Tgtd) waitReady() bool {
