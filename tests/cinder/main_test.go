@@ -35,11 +35,12 @@ func labConfig(l *harness.CinderLab) cinder.Config {
 	}
 }
 
-// newClient makes a client for the lab; the test's log gets its output.
+// newClient makes a client for the lab; the test's log gets its output
+// unless opts set another logger.
 func newClient(t *testing.T, cfg cinder.Config, opts ...cinder.Option) *cinder.Client {
 	t.Helper()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
-	c, err := cinder.New(context.Background(), cfg, append([]cinder.Option{cinder.WithLogger(log)}, opts...)...)
+	c, err := cinder.New(ctxFor(t), cfg, append([]cinder.Option{cinder.WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

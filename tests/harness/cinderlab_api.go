@@ -58,9 +58,12 @@ func (l *CinderLab) call(ctx context.Context, method, u, token string, body, out
 	return resp.Header, nil
 }
 
-// Token gets a project-scoped token for a user of the Default domain and
-// returns it with the project's id.
-func (l *CinderLab) Token(ctx context.Context, user, password, project string) (token, projectID string, err error) {
+// tokenInfo is what a token request returns.
+type tokenInfo struct {
+	token, projectID, userID string
+}
+
+func (l *CinderLab) authenticate(ctx context.Context, user, password, project string) (tokenInfo, error) {
 	body := map[string]any{"auth": map[string]any{
 		"identity": map[string]any{"methods": []string{"password"}, "password": map[string]any{
 			"user": map[string]any{"name": user, "domain": map[string]string{"id": "default"}, "password": password}}},
@@ -69,13 +72,40 @@ func (l *CinderLab) Token(ctx context.Context, user, password, project string) (
 	var out struct {
 		Token struct {
 			Project struct{ ID string } `json:"project"`
+			User    struct{ ID string } `json:"user"`
 		} `json:"token"`
 	}
 	h, err := l.call(ctx, "POST", l.AuthURL+"/auth/tokens", "", body, &out)
 	if err != nil {
-		return "", "", err
+		return tokenInfo{}, err
 	}
-	return h.Get("X-Subject-Token"), out.Token.Project.ID, nil
+	return tokenInfo{h.Get("X-Subject-Token"), out.Token.Project.ID, out.Token.User.ID}, nil
+}
+
+// Token gets a project-scoped token for a user of the Default domain and
+// returns it with the project's id.
+func (l *CinderLab) Token(ctx context.Context, user, password, project string) (token, projectID string, err error) {
+	ti, err := l.authenticate(ctx, user, password, project)
+	return ti.token, ti.projectID, err
+}
+
+// ApplicationCredential creates an application credential of the image
+// store's user in the service project and returns its id and secret.
+func (l *CinderLab) ApplicationCredential(t testing.TB, name string) (id, secret string) {
+	t.Helper()
+	ctx := context.Background()
+	ti, err := l.authenticate(ctx, l.User, l.Password, l.Project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Credential struct{ ID, Secret string } `json:"application_credential"`
+	}
+	if _, err := l.call(ctx, "POST", l.AuthURL+"/users/"+ti.userID+"/application_credentials", ti.token,
+		map[string]any{"application_credential": map[string]any{"name": name}}, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out.Credential.ID, out.Credential.Secret
 }
 
 func (l *CinderLab) admin(ctx context.Context) (token, projectID string, err error) {
