@@ -92,7 +92,7 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Client, error) {
 		pc.HTTPClient = http.Client{Transport: tr, Timeout: cfg.RequestTimeout}
 	}
 	pc.UserAgent.Prepend("cinderport")
-	pc.RetryFunc = retryIdempotent(cfg.HTTPRetries, o.log)
+	pc.RetryFunc = retryIdempotent(cfg.HTTPRetries, time.Second, o.log)
 	pc.RetryBackoffFunc = backoffTooMany
 	pc.MaxBackoffRetries = uint(max(cfg.HTTPRetries, 1))
 	if err := openstack.Authenticate(ctx, pc, cfg.authOptions()); err != nil {
@@ -205,16 +205,20 @@ func (c *Client) Microversions() (used, serverMax string) { return c.sc.Microver
 
 // retryIdempotent retries a request that failed on the way (connection
 // refused or reset, timeout) or with a 5xx, up to n times with a delay of
-// 1 s doubling to 8 s — but only for methods that are safe to repeat. A POST
-// (create, actions) is left to the job's own retry, which finds what the
-// first attempt did.
-func retryIdempotent(n int, log zerolog.Logger) gophercloud.RetryFunc {
+// base doubling to 8 base — but only for methods that are safe to repeat. A
+// POST (create, actions) is left to the job's own retry, which finds what
+// the first attempt did.
+func retryIdempotent(n int, base time.Duration, log zerolog.Logger) gophercloud.RetryFunc {
 	return func(ctx context.Context, method, url string, _ *gophercloud.RequestOpts, err error, failCount uint) error {
 		if int(failCount) > n || !idempotent(method) || !transient(err) {
 			return err
 		}
-		delay := min(time.Second<<(failCount-1), 8*time.Second)
-		log.Debug().Str("method", method).Uint("attempt", failCount).Dur("delay", delay).Err(err).Msg("cinder request failed: retrying")
+		delay := min(base<<(failCount-1), 8*base)
+		logged := err
+		if rc, ok := responseError(err); ok {
+			logged = newAPIError(rc) // not gophercloud's text: it holds the whole body
+		}
+		log.Debug().Str("method", method).Uint("attempt", failCount).Dur("delay", delay).Err(logged).Msg("cinder request failed: retrying")
 		return sleep(ctx, delay, err)
 	}
 }

@@ -216,6 +216,9 @@ func (c Config) String() string {
 		c.AuthURL, who, project, c.Region, c.ServiceType, c.ServiceName, c.Interface, c.EndpointTemplate, c.VolumeType)
 }
 
+// GoString is String: %#v must not print the secrets either.
+func (c Config) GoString() string { return c.String() }
+
 // authOptions builds gophercloud's options. They allow re-authentication:
 // a token that expires or is revoked is replaced on the next 401.
 func (c Config) authOptions() gophercloud.AuthOptions {
