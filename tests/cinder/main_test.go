@@ -39,7 +39,7 @@ func labConfig(l *harness.CinderLab) cinder.Config {
 // unless opts set another logger.
 func newClient(t *testing.T, cfg cinder.Config, opts ...cinder.Option) *cinder.Client {
 	t.Helper()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel).With().Timestamp().Logger()
 	c, err := cinder.New(ctxFor(t), cfg, append([]cinder.Option{cinder.WithLogger(log)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)

@@ -177,9 +177,11 @@ func (s *SharedCinderLab) Close() {
 	if s.lab == nil {
 		return
 	}
+	start := time.Now()
 	if err := s.lab.Close(); err != nil {
 		fmt.Fprintf(os.Stderr, "cinder lab teardown: %v\n", err)
 	}
+	fmt.Fprintf(os.Stderr, "cinder lab down in %.1f s\n", time.Since(start).Seconds())
 }
 
 // NewCinderLab brings a lab up in a new directory under the system's
@@ -352,7 +354,7 @@ func (l *CinderLab) startPostgres() error {
 }
 
 func (l *CinderLab) startRabbit() error {
-	if err := l.start("epmd", nil, nil, syscall.SIGTERM, LookPath("epmd"),
+	if err := l.start("epmd", nil, nil, syscall.SIGKILL, LookPath("epmd"),
 		"-port", strconv.Itoa(l.epmdPort), "-address", "127.0.0.1"); err != nil {
 		return err
 	}
@@ -380,7 +382,7 @@ func (l *CinderLab) startRabbit() error {
 		"RABBITMQ_PID_FILE=" + filepath.Join(base, "rabbit.pid"),
 		"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}",
 	}
-	return l.start("rabbitmq", env, nil, syscall.SIGTERM, "/usr/lib/rabbitmq/bin/rabbitmq-server")
+	return l.start("rabbitmq", env, nil, syscall.SIGKILL, "/usr/lib/rabbitmq/bin/rabbitmq-server")
 }
 
 // waitPort waits until something accepts connections on 127.0.0.1:port,
@@ -423,7 +425,7 @@ func (l *CinderLab) startKeystone() error {
 		"--bootstrap-public-url", url); err != nil {
 		return err
 	}
-	if err := l.start("keystone", []string{"OS_KEYSTONE_CONFIG_FILES=" + conf}, nil, syscall.SIGTERM,
+	if err := l.start("keystone", []string{"OS_KEYSTONE_CONFIG_FILES=" + conf}, nil, syscall.SIGKILL,
 		uwsgi(l.keystonePort, LookPath("keystone-wsgi-public"))...); err != nil {
 		return err
 	}
@@ -457,9 +459,9 @@ func (l *CinderLab) startCinder() error {
 	}
 	path := "PATH=" + l.path("bin") + ":" + os.Getenv("PATH") + ":/usr/sbin:/sbin"
 	err := errors.Join(
-		l.start("cinder-scheduler", nil, nil, syscall.SIGTERM, LookPath("cinder-scheduler"), "--config-file", conf),
-		l.start("cinder-volume", []string{path}, nil, syscall.SIGTERM, LookPath("cinder-volume"), "--config-file", conf),
-		l.start("cinder-api", nil, nil, syscall.SIGTERM, uwsgi(l.cinderPort, LookPath("cinder-wsgi"), "--pyargv", "--config-file "+conf)...),
+		l.start("cinder-scheduler", nil, nil, syscall.SIGKILL, LookPath("cinder-scheduler"), "--config-file", conf),
+		l.start("cinder-volume", []string{path}, nil, syscall.SIGKILL, LookPath("cinder-volume"), "--config-file", conf),
+		l.start("cinder-api", nil, nil, syscall.SIGKILL, uwsgi(l.cinderPort, LookPath("cinder-wsgi"), "--pyargv", "--config-file "+conf)...),
 	)
 	if err != nil {
 		return err
@@ -489,6 +491,8 @@ func (l *CinderLab) waitCinder(ctx context.Context) error {
 
 // Close stops every lab process (API servers first, then the services they
 // need), removes the volume group's /dev links and the lab's directory.
+// Everything is thrown away, so only PostgreSQL gets a graceful (fast)
+// shutdown, which releases its shared memory; the rest is killed.
 func (l *CinderLab) Close() error {
 	stop := func(names ...string) {
 		var fns []func() error

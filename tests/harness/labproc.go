@@ -57,12 +57,12 @@ func (p *labProc) exited() bool {
 	}
 }
 
-// stop signals the process (its group for SIGTERM), waits up to grace, then
-// kills the whole group.
+// stop sends the process its stop signal (SIGKILL goes to the whole group),
+// waits up to grace, then kills the whole group.
 func (p *labProc) stop(grace time.Duration) {
 	pgid := p.cmd.Process.Pid
-	if p.stopSig == syscall.SIGTERM {
-		syscall.Kill(-pgid, syscall.SIGTERM)
+	if p.stopSig == syscall.SIGKILL {
+		syscall.Kill(-pgid, syscall.SIGKILL)
 	} else {
 		p.cmd.Process.Signal(p.stopSig)
 	}
@@ -70,8 +70,8 @@ func (p *labProc) stop(grace time.Duration) {
 	case <-p.done:
 	case <-time.After(grace):
 	}
-	// Whatever is left in the group (workers of a uwsgi master that was
-	// slow to reap them) goes too.
+	// Whatever is left in the group (postgres backends, uwsgi workers,
+	// cinder-volume's privsep daemon) goes too.
 	syscall.Kill(-pgid, syscall.SIGKILL)
 	<-p.done
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -78,6 +79,9 @@ func startTgtd(bin, dir string) (*Tgtd, error) {
 		}
 		// A file, not a pipe: Wait must not wait for tgtd's descendants.
 		d.cmd.Stdout, d.cmd.Stderr = logf, logf
+		// tgtd ignores SIGTERM: if the test binary dies without stopping
+		// it, the kernel kills it.
+		d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		err = d.cmd.Start()
 		logf.Close()
 		if err != nil {
