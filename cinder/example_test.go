@@ -9,7 +9,6 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cinderport/cinderport/cinder"
-	"github.com/cinderport/cinderport/jobs"
 	"github.com/cinderport/cinderport/state"
 )
 
@@ -52,7 +51,8 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	runner := &jobs.Runner{Volumes: client, Journal: journal}
-	// The userspace initiator logs in with the connector's name.
-	fmt.Println(client.Connector().InitiatorName, runner != nil)
+	// client is the runner's jobs.Volumes; the userspace initiator logs in
+	// with the connector's name.
+	caps, _ := client.Capabilities(ctx)
+	fmt.Println(client.Connector().InitiatorName, caps.OnlineExtend)
 }
