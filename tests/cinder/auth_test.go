@@ -18,7 +18,7 @@ import (
 // TestConfigSources authenticates against the real Keystone with every
 // way of configuring the client, and makes a call to Cinder with each.
 func TestConfigSources(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	appCredID, appCredSecret := l.ApplicationCredential(t, fmt.Sprintf("cinderport-%d", rand.Uint32()))
 	appCredConf := filepath.Join(t.TempDir(), "glance-api.conf")
 	if err := os.WriteFile(appCredConf, fmt.Appendf(nil, `[DEFAULT]
@@ -100,10 +100,10 @@ func (r *tokenRecorder) last() string {
 }
 
 // TestReauthentication revokes the client's token in Keystone: the next
-// call gets a 401 from Cinder, and the client authenticates again and
-// succeeds.
+// calls (concurrent ones) get a 401 from Cinder, and the client
+// authenticates again and succeeds.
 func TestReauthentication(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	rec := &tokenRecorder{next: http.DefaultTransport, prefix: l.VolumeURL}
 	c := newClient(t, labConfig(l), cinder.WithHTTPClient(&http.Client{Transport: rec}))
@@ -118,9 +118,25 @@ func TestReauthentication(t *testing.T) {
 	if l.TokenValid(t, old) {
 		t.Fatal("the token is still valid after its revocation")
 	}
+	// Several goroutines meet the 401 together: they share one new token.
+	var wg sync.WaitGroup
+	errs := make([]error, 8)
+	for i := range errs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = c.FindVolumes(ctx, map[string]string{jobs.MetaJobID: "reauth"})
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatalf("call after the token's revocation: %v", err)
+		}
+	}
 	v, err := c.CreateVolume(ctx, jobs.VolumeSpec{Name: "image-after-revocation", SizeGiB: 1})
 	if err != nil {
-		t.Fatalf("call after the token's revocation: %v", err)
+		t.Fatalf("create after the token's revocation: %v", err)
 	}
 	if tok := rec.last(); tok == old || tok == "" {
 		t.Fatal("the client did not get a new token")
@@ -137,7 +153,7 @@ func TestReauthentication(t *testing.T) {
 // TestRefusedCredentials: a wrong password is permanent, and the error
 // does not show it.
 func TestRefusedCredentials(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	cfg := labConfig(l)
 	cfg.Password = "wrong-" + l.Password
 	_, err := cinder.New(ctxFor(t), cfg)

@@ -22,7 +22,7 @@ const unknownID = "00000000-0000-4000-8000-000000000000"
 // TestUnknownVolume: every lookup of a volume or attachment that does not
 // exist wraps jobs.ErrNotFound and names it; deleting one is not an error.
 func TestUnknownVolume(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	c := newClient(t, labConfig(l))
 	for _, tc := range []struct {
@@ -62,7 +62,7 @@ func TestUnknownVolume(t *testing.T) {
 // TestQuotaExceeded: a project whose quota is too small gets permanent
 // errors (Cinder's 413), for a create and for an extend, naming the volume.
 func TestQuotaExceeded(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	p := l.CreateProject(t, fmt.Sprintf("quota-%d", rand.Uint32()))
 	l.SetQuota(t, p.ID, map[string]int{"gigabytes": 1, "volumes": 2})
@@ -100,7 +100,7 @@ func TestQuotaExceeded(t *testing.T) {
 // not retry it: the volume will never be attachable. The error is permanent
 // and wraps jobs.ErrNotFound (the volume is as good as gone).
 func TestAttachVolumeBeingDeleted(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	cfg := labConfig(l)
 	cfg.AttachmentRetryAttempts = 3
@@ -159,7 +159,7 @@ func (b *syncBuffer) String() string {
 // and when it is not, the client gives up with a retryable error that says
 // when to come back.
 func TestAttachWhileAttached(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	cfg := labConfig(l)
 	cfg.AttachmentRetryAttempts = 3

@@ -57,7 +57,7 @@ func pattern(n int, seed byte) []byte {
 // TestVolumeLifecycle walks a volume through everything the runner does
 // with it, against the real Cinder, and checks that nothing is left.
 func TestVolumeLifecycle(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	c := newClient(t, labConfig(l))
 	var _ jobs.Volumes = c
@@ -208,7 +208,7 @@ func TestVolumeLifecycle(t *testing.T) {
 // disruption", says Cinder), which drops the sessions open at that moment:
 // a new session sees the new capacity.
 func TestOnlineExtend(t *testing.T) {
-	l := lab.Get(t)
+	l := labFor(t)
 	ctx := ctxFor(t)
 	c := newClient(t, labConfig(l))
 	v, err := c.CreateVolume(ctx, jobs.VolumeSpec{Name: "image-online-extend", SizeGiB: 1})

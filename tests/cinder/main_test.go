@@ -25,6 +25,21 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// labFor returns the package's lab; a failing test shows the end of the
+// Cinder services' logs.
+func labFor(t *testing.T) *harness.CinderLab {
+	t.Helper()
+	l := labFor(t)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, name := range []string{"cinder-volume", "cinder-scheduler", "cinder-wsgi"} {
+				t.Logf("%s log (lab in %s; CINDERLAB_KEEP=1 keeps it):\n%s", name, l.Dir(), l.Logs(name))
+			}
+		}
+	})
+	return l
+}
+
 // labConfig is the lab's service user with password authentication.
 func labConfig(l *harness.CinderLab) cinder.Config {
 	return cinder.Config{

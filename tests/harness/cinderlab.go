@@ -185,8 +185,9 @@ func (s *SharedCinderLab) Close() {
 }
 
 // NewCinderLab brings a lab up in a new directory under the system's
-// temporary directory; Close tears it down. The caller checks prerequisites
-// (StartCinderLab and SharedCinderLab do).
+// temporary directory; Close tears it down and removes the directory
+// (CINDERLAB_KEEP=1 keeps it, with the services' logs). The caller checks
+// prerequisites (StartCinderLab and SharedCinderLab do).
 func NewCinderLab(ctx context.Context) (*CinderLab, error) {
 	id := randHex(8)
 	dir, err := os.MkdirTemp("", "cinderlab-")
@@ -515,7 +516,7 @@ func (l *CinderLab) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	if os.Getenv("CINDERLAB_KEEP") == "" {
+	if os.Getenv("CINDERLAB_KEEP") != "1" {
 		if err := os.RemoveAll(l.dir); err != nil {
 			errs = append(errs, err)
 		}
