@@ -29,7 +29,7 @@ func TestMain(m *testing.M) {
 // Cinder services' logs.
 func labFor(t *testing.T) *harness.CinderLab {
 	t.Helper()
-	l := labFor(t)
+	l := lab.Get(t)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"cinder-volume", "cinder-scheduler", "cinder-wsgi"} {
