@@ -46,7 +46,9 @@ func labConfig(l *harness.CinderLab) cinder.Config {
 		AuthURL: l.AuthURL, Username: l.User, Password: l.Password, UserDomainName: "Default",
 		ProjectName: l.Project, ProjectDomainName: "Default", Region: l.Region,
 		StateTransitionTimeout: 2 * time.Minute,
-		Connector:              cinder.Connector{InitiatorName: "iqn.2026-01.io.cinderport:lab-test"},
+		// The lab's volumes change state within a second: poll closely.
+		PollInterval: 100 * time.Millisecond, PollMaxInterval: 2 * time.Second,
+		Connector: cinder.Connector{InitiatorName: "iqn.2026-01.io.cinderport:lab-test"},
 	}
 }
 
