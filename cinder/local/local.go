@@ -242,7 +242,8 @@ func (v *Volumes) WaitVolume(ctx context.Context, id string, want ...string) (jo
 	}
 }
 
-// ExtendVolume implements jobs.Volumes.
+// ExtendVolume implements jobs.Volumes; a volume already sizeGiB or larger
+// is left as it is.
 func (v *Volumes) ExtendVolume(ctx context.Context, id string, sizeGiB int) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -251,7 +252,9 @@ func (v *Volumes) ExtendVolume(ctx context.Context, id string, sizeGiB int) erro
 		return err
 	}
 	if sizeGiB <= vol.SizeGiB {
-		return jobs.Permanentf("extend volume %s: new size %d GiB must exceed %d GiB", id, sizeGiB, vol.SizeGiB)
+		// Already that large (a repeated call): nothing to do, as with the
+		// Cinder adapter.
+		return nil
 	}
 	if err := os.Truncate(v.imagePath(id), int64(sizeGiB)*jobs.GiB); err != nil {
 		return fmt.Errorf("extend volume %s: %w", id, err)

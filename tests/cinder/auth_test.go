@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/cinderport/cinderport/cinder"
+	"github.com/cinderport/cinderport/cinder/cindertest"
 	"github.com/cinderport/cinderport/jobs"
 )
 
@@ -66,7 +67,7 @@ cinder_catalog_info = volumev3:cinderv3:internalURL
 			}
 			cfg.Connector.InitiatorName = "iqn.2026-01.io.cinderport:config-sources"
 			c := newClient(t, cfg)
-			if _, err := c.GetVolume(ctxFor(t), unknownID); !errors.Is(err, jobs.ErrNotFound) {
+			if _, err := c.GetVolume(ctxFor(t), cindertest.UnknownID); !errors.Is(err, jobs.ErrNotFound) {
 				t.Fatalf("call Cinder: %v, want not found", err)
 			}
 		})
@@ -107,7 +108,7 @@ func TestReauthentication(t *testing.T) {
 	ctx := ctxFor(t)
 	rec := &tokenRecorder{next: http.DefaultTransport, prefix: l.VolumeURL}
 	c := newClient(t, labConfig(l), cinder.WithHTTPClient(&http.Client{Transport: rec}))
-	if _, err := c.GetVolume(ctx, unknownID); !errors.Is(err, jobs.ErrNotFound) {
+	if _, err := c.GetVolume(ctx, cindertest.UnknownID); !errors.Is(err, jobs.ErrNotFound) {
 		t.Fatal(err)
 	}
 	old := rec.last()

@@ -17,48 +17,6 @@ import (
 	"github.com/cinderport/cinderport/jobs"
 )
 
-const unknownID = "00000000-0000-4000-8000-000000000000"
-
-// TestUnknownVolume: every lookup of a volume or attachment that does not
-// exist wraps jobs.ErrNotFound and names it; deleting one is not an error.
-func TestUnknownVolume(t *testing.T) {
-	l := labFor(t)
-	ctx := ctxFor(t)
-	c := newClient(t, labConfig(l))
-	for _, tc := range []struct {
-		name string
-		call func() error
-	}{
-		{"get", func() error { _, err := c.GetVolume(ctx, unknownID); return err }},
-		{"wait", func() error { _, err := c.WaitVolume(ctx, unknownID, "available"); return err }},
-		{"extend", func() error { return c.ExtendVolume(ctx, unknownID, 2) }},
-		{"set metadata", func() error { return c.SetMetadata(ctx, unknownID, map[string]string{"a": "b"}) }},
-		{"set read-only", func() error { return c.SetReadOnly(ctx, unknownID, true) }},
-		{"attach rw", func() error { _, err := c.Attach(ctx, unknownID, jobs.ReadWrite); return err }},
-		{"attach ro", func() error { _, err := c.Attach(ctx, unknownID, jobs.ReadOnly); return err }},
-		{"complete attachment", func() error { return c.CompleteAttachment(ctx, unknownID) }},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err := tc.call()
-			if !errors.Is(err, jobs.ErrNotFound) {
-				t.Fatalf("%v, want an error wrapping jobs.ErrNotFound", err)
-			}
-			if !strings.Contains(err.Error(), unknownID) {
-				t.Errorf("%q does not name the volume or attachment", err)
-			}
-		})
-	}
-	if err := c.DeleteVolume(ctx, unknownID); err != nil {
-		t.Errorf("delete an unknown volume: %v", err)
-	}
-	if err := c.Detach(ctx, unknownID); err != nil {
-		t.Errorf("delete an unknown attachment: %v", err)
-	}
-	if found, err := c.FindVolumes(ctx, map[string]string{jobs.MetaJobID: "no-such-job"}); err != nil || len(found) != 0 {
-		t.Errorf("find by an unknown job id: %v, %v", found, err)
-	}
-}
-
 // TestQuotaExceeded: a project whose quota is too small gets permanent
 // errors (Cinder's 413), for a create and for an extend, naming the volume.
 func TestQuotaExceeded(t *testing.T) {
