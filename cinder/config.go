@@ -213,7 +213,16 @@ func (c Config) String() string {
 		project = c.ProjectID
 	}
 	return fmt.Sprintf("cinder{auth_url=%s user=%s project=%s region=%s service=%s/%s/%s endpoint_template=%s volume_type=%s}",
-		c.AuthURL, who, project, c.Region, c.ServiceType, c.ServiceName, c.Interface, c.EndpointTemplate, c.VolumeType)
+		redactURL(c.AuthURL), who, project, c.Region, c.ServiceType, c.ServiceName, c.Interface,
+		redactURL(c.EndpointTemplate), c.VolumeType)
+}
+
+// redactURL hides a password written into a URL.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return s
 }
 
 // GoString is String: %#v must not print the secrets either.

@@ -259,7 +259,7 @@ func TestValidate(t *testing.T) {
 }
 
 func TestConfigStringHidesSecrets(t *testing.T) {
-	c := Config{AuthURL: "http://k", Username: "u", Password: "hunter2-password", ApplicationCredentialSecret: "ac-secret-99"}
+	c := Config{AuthURL: "http://u:hunter2-in-url@k", Username: "u", Password: "hunter2-password", ApplicationCredentialSecret: "ac-secret-99"}
 	for _, s := range []string{c.String(), fmtV(c)} {
 		if strings.Contains(s, "hunter2") || strings.Contains(s, "ac-secret") {
 			t.Fatalf("%s", s)
