@@ -8,8 +8,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/rs/zerolog"
-
 	"github.com/cinderport/cinderport/blockio/iscsi"
 	"github.com/cinderport/cinderport/jobs"
 )
@@ -41,8 +39,6 @@ func iscsiConfig(t *testing.T, initiator string, conn jobs.Connection) iscsi.Con
 		Target:        str("target_iqn"),
 		LUN:           int(lun),
 		Auth:          iscsi.Auth{User: str("auth_username"), Secret: str("auth_password")},
-		RequireAuth:   true,
-		Log:           zerolog.Nop(),
 	}
 }
 
@@ -101,6 +97,12 @@ func TestVolumeLifecycle(t *testing.T) {
 	// An independent proof: the userspace initiator logs in with the CHAP
 	// credentials and writes; the bytes land in the file behind the LUN.
 	cfg := iscsiConfig(t, c.Connector().InitiatorName, att.Connection)
+	wrong := cfg
+	wrong.Auth.Secret = "not-" + cfg.Auth.Secret
+	if dev, err := iscsi.Open(ctx, wrong, false); err == nil {
+		dev.Close()
+		t.Fatal("Cinder's target let in a wrong CHAP secret")
+	}
 	dev, err := iscsi.Open(ctx, cfg, false)
 	if err != nil {
 		t.Fatalf("log into Cinder's target: %v", err)
@@ -238,7 +240,7 @@ func TestOnlineExtend(t *testing.T) {
 	if got, _ := c.GetVolume(ctx, v.ID); got.SizeGiB != 3 || got.Status != "in-use" {
 		t.Fatalf("after online extend: %+v", got)
 	}
-	if err := dev.Refresh(ctx); err != nil {
+	if err := jobs.Refresher(dev).Refresh(ctx); err != nil {
 		t.Logf("the session open during the extend did not survive the target's re-creation: %v", err)
 	}
 	dev.Close()
