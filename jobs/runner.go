@@ -47,6 +47,9 @@ type RunnerConfig struct {
 	// MaxGrowStep caps one growth step of a volume of unknown size (default
 	// 64 GiB); steps double the volume up to that cap.
 	MaxGrowStep int64
+	// MaxImageSize refuses uploads of larger images (0: MaxImageSize of the
+	// job format).
+	MaxImageSize int64
 }
 
 func (c RunnerConfig) withDefaults() RunnerConfig {
@@ -58,6 +61,9 @@ func (c RunnerConfig) withDefaults() RunnerConfig {
 	}
 	if c.MaxGrowStep == 0 {
 		c.MaxGrowStep = 64 * GiB
+	}
+	if c.MaxImageSize == 0 {
+		c.MaxImageSize = MaxImageSize
 	}
 	return c
 }
@@ -302,6 +308,9 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	}
 	if x.job.Size > 0 && info.Size != x.job.Size {
 		return Result{}, Permanentf("staged object %s is %d bytes, the job says %d", src, info.Size, x.job.Size)
+	}
+	if info.Size > x.cfg.MaxImageSize {
+		return Result{}, Permanentf("staged object %s is %d bytes, larger than this worker's limit of %d", src, info.Size, x.cfg.MaxImageSize)
 	}
 	want := x.job.Size
 	if want == 0 && (x.cfg.TrustStagedSize == nil || *x.cfg.TrustStagedSize) {

@@ -30,6 +30,9 @@ type cli struct {
 	s3        staging.Config
 	bucket    string
 	workerURL string
+	keyFile   string
+	authToken string
+	urlTTL    time.Duration
 	output    string
 	progress  string
 	timeout   time.Duration

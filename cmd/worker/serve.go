@@ -18,6 +18,7 @@ import (
 	"github.com/cinderport/cinderport/jobs"
 	"github.com/cinderport/cinderport/jobs/httpapi"
 	"github.com/cinderport/cinderport/jobs/queue"
+	"github.com/cinderport/cinderport/metrics"
 	"github.com/cinderport/cinderport/staging"
 	"github.com/cinderport/cinderport/state"
 )
@@ -78,17 +79,23 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
 
+	m := metrics.New()
+	volumes, connector, events := m.Volumes(deps.volumes), m.Connector(deps.connector), m.Events(q)
 	copier := &blockio.Copier{}
-	downloads := &jobs.Downloads{Volumes: deps.volumes, Connector: deps.connector, Copier: copier, Log: log}
+	downloads := &jobs.Downloads{Volumes: volumes, Connector: connector, Copier: copier, Log: log}
 	runner := &jobs.Runner{Evict: downloads.Evict,
-		Volumes: deps.volumes, Connector: deps.connector, Staging: deps.staging, Journal: journal,
-		Copier: copier, Events: q, Log: log,
-		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery},
+		Volumes: volumes, Connector: connector, Staging: deps.staging, Journal: journal,
+		Copier: copier, Events: events, Log: log,
+		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery, MaxImageSize: c.maxImageSize},
 	}
-	worker := &jobs.Worker{Runner: runner, Events: q, Log: log,
+	worker := &jobs.Worker{Runner: runner, Events: events, Log: log,
 		Config: jobs.WorkerConfig{Name: c.name, MaxAttempts: c.maxDeliver, Heartbeat: c.ackWait / 3}}
 
-	api := &httpapi.Server{Downloads: downloads, Log: log, Ready: func(ctx context.Context) error {
+	auth, err := downloadAuth(c)
+	if err != nil {
+		return err
+	}
+	api := &httpapi.Server{Downloads: downloads, Log: log, Auth: auth, Metrics: m.Handler(), Ready: func(ctx context.Context) error {
 		if !deps.nc.IsConnected() {
 			return errors.New("NATS is not connected")
 		}
@@ -104,10 +111,16 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("HTTP API: %w", err)
 	}
-	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.HTTP(api.Handler(), httpapi.Route), ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes: 64 << 10, IdleTimeout: 2 * time.Minute}
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
 	httpURL := "http://" + ln.Addr().String()
+	if c.httpCert != "" {
+		httpURL = "https://" + ln.Addr().String()
+		go func() { httpDone <- srv.ServeTLS(ln, c.httpCert, c.httpKey) }()
+	} else {
+		go func() { httpDone <- srv.Serve(ln) }()
+	}
 
 	if deps.endpoints != nil {
 		ep := *deps.endpoints
@@ -128,7 +141,11 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	go func() { advisories <- q.WatchMaxDeliveries(jobCtx) }()
 	consumeDone := make(chan error, 1)
 	go func() {
-		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) { worker.Handle(jobCtx, d) })
+		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) {
+			d, done := m.Delivery(d)
+			defer done()
+			worker.Handle(jobCtx, d)
+		})
 	}()
 
 	var consumeErr error
@@ -160,3 +177,28 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 }
 
 var _ jobs.Staging = (*staging.Client)(nil)
+
+// downloadAuth builds the download API's authenticator from
+// --download-auth: never none.
+func downloadAuth(c config) (httpapi.Authenticator, error) {
+	var methods httpapi.AnyOf
+	for _, method := range c.downloadMethods() {
+		switch method {
+		case "signed-url":
+			var keys [][]byte
+			var err error
+			if c.downloadKeyFile != "" {
+				keys, err = httpapi.LoadKeys(c.downloadKeyFile)
+			} else {
+				keys, err = httpapi.EnsureKeyFile(filepath.Join(c.dataDir, "download.key"))
+			}
+			if err != nil {
+				return nil, err
+			}
+			methods = append(methods, httpapi.SignedURLs{Keys: keys})
+		default:
+			return nil, fmt.Errorf("--download-auth %s: not available in this build", method)
+		}
+	}
+	return methods, nil
+}
