@@ -478,7 +478,11 @@ func (c *cli) fetch(ctx context.Context, volumeID, out string) (fetched, error) 
 	if err != nil {
 		return fetched{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := c.httpClient()
+	if err != nil {
+		return fetched{}, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fetched{}, fmt.Errorf("download volume %s: %w", volumeID, err)
 	}

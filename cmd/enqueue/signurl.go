@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/http"
@@ -78,6 +80,25 @@ func (c *cli) downloadRequest(ctx context.Context, volumeID string) (*http.Reque
 		req.Header.Set("X-Auth-Token", c.authToken)
 	}
 	return req, nil
+}
+
+// httpClient is the client for workers' HTTP APIs: the default one, or one
+// that trusts --worker-tls-ca.
+func (c *cli) httpClient() (*http.Client, error) {
+	if c.workerCA == "" {
+		return http.DefaultClient, nil
+	}
+	pem, err := os.ReadFile(c.workerCA)
+	if err != nil {
+		return nil, fmt.Errorf("--worker-tls-ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--worker-tls-ca: no certificate in %s", c.workerCA)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return &http.Client{Transport: tr}, nil
 }
 
 // signURL prints a signed download URL: what a Glance plugin or any HTTP

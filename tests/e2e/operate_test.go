@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/md5"
+	"crypto/tls"
 	"encoding/hex"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"github.com/cinderport/cinderport/jobs/httpapi"
 	"github.com/cinderport/cinderport/jobs/queue"
 	"github.com/cinderport/cinderport/jobs/queue/natsembed"
+	"github.com/cinderport/cinderport/tests/harness"
 )
 
 // get fetches url and returns the status and body.
@@ -249,4 +251,57 @@ func headerText(h map[string][]string) string {
 		b.WriteString(k + ": " + strings.Join(vs, ",") + "\n")
 	}
 	return b.String()
+}
+
+// TestTLS runs the worker and the CLI against a NATS server that requires
+// TLS with client certificates, with the worker's HTTP API on TLS.
+func TestTLS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ca := harness.NewCA(t)
+	_, _, serverPair := ca.Issue(t, "nats")
+	clientCert, clientKey, _ := ca.Issue(t, "client")
+	httpCert, httpKey, _ := ca.Issue(t, "worker-http")
+	srv, err := natsembed.Start(natsembed.Options{Dir: t.TempDir(), Port: -1, Name: "tls",
+		TLS: &tls.Config{Certificates: []tls.Certificate{serverPair}, ClientCAs: ca.Pool, MinVersion: tls.VersionTLS12}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+
+	// Without TLS, or without a client certificate, NATS refuses.
+	if nc, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{Name: "plain"}); err == nil {
+		nc.Close()
+		t.Fatal("a plaintext NATS connection was accepted")
+	}
+	if nc, err := queue.Connect(ctx, srv.ClientURL(), queue.ConnectOptions{Name: "no-cert", RootCAs: ca.File}); err == nil {
+		nc.Close()
+		t.Fatal("a NATS connection without a client certificate was accepted")
+	}
+
+	natsTLS := []string{"--nats-url", srv.ClientURL(), "--nats-tls-ca", ca.File, "--nats-tls-cert", clientCert, "--nats-tls-key", clientKey}
+	w := startWorker(t, "", append(natsTLS, "--http-tls-cert", httpCert, "--http-tls-key", httpKey)...)
+	if !strings.HasPrefix(w.ep.HTTPURL, "https://") {
+		t.Fatalf("HTTP API at %s, want https", w.ep.HTTPURL)
+	}
+	img := makeImage(t, 1<<20+3, 11)
+	stdout, stderr, code := w.enqueue(ctx, append([]string{"upload", "--file", img.path, "--job-id", "tls-1", "--wait", "--output", "json"}, natsTLS...)...)
+	if code != 0 {
+		t.Fatalf("upload over TLS: %d %s", code, stderr)
+	}
+	r := parseResult(t, stdout)
+	out := filepath.Join(t.TempDir(), "back")
+	if _, stderr, code := w.enqueue(ctx, append([]string{"download", r.VolumeID, "-o", out, "--worker-tls-ca", ca.File}, natsTLS...)...); code != 0 {
+		t.Fatalf("download over TLS: %d %s", code, stderr)
+	}
+	if got := fileMD5(t, out); got != img.md5 {
+		t.Errorf("downloaded md5 %s, want %s", got, img.md5)
+	}
+	// The API does not answer plaintext HTTP.
+	if resp, err := http.Get("http://" + strings.TrimPrefix(w.ep.HTTPURL, "https://") + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("the TLS API answered plaintext HTTP with 200")
+		}
+	}
 }
