@@ -113,6 +113,7 @@ func (r *Runner) Run(ctx context.Context, job Job, attempt int) (Result, error) 
 	if err := x.load(ctx); err != nil {
 		return Result{}, err
 	}
+	x.event(ctx, StateRunning, 0, true) // the job started: enqueue-to-start latency ends here
 	if x.rec.Outcome == "completed" && x.rec.Result != nil {
 		// Finished before, but the ack was lost: report the same result.
 		return *x.rec.Result, nil
