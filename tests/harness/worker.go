@@ -41,14 +41,14 @@ type Worker struct {
 	// embedded).
 	Endpoints embedded.Endpoints
 
-	t     testing.TB
-	bin   string
-	args  []string
-	env   []string
-	mu    sync.Mutex
-	cmd   *exec.Cmd
-	done  chan struct{}
-	log   bytes.Buffer
+	t    testing.TB
+	bin  string
+	args []string
+	env  []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  bytes.Buffer
 }
 
 // WorkerOptions configure StartWorker.
