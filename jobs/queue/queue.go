@@ -37,11 +37,11 @@ const (
 	// HeaderTruncated carries the original size of a message too large to
 	// keep whole in the dead letters (its first jobs.MaxMessageBytes are).
 	HeaderTruncated = "Cinderport-Truncated"
-	HeaderReason   = "Cinderport-Reason"
-	HeaderJobID    = "Cinderport-Job-Id"
-	HeaderAttempts = "Cinderport-Attempts"
-	HeaderSubject  = "Cinderport-Subject"
-	HeaderTime     = "Cinderport-Time"
+	HeaderReason    = "Cinderport-Reason"
+	HeaderJobID     = "Cinderport-Job-Id"
+	HeaderAttempts  = "Cinderport-Attempts"
+	HeaderSubject   = "Cinderport-Subject"
+	HeaderTime      = "Cinderport-Time"
 )
 
 // Config configures the streams and consumers.

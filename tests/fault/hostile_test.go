@@ -58,7 +58,7 @@ func hostile() []struct {
 		{"key of 2000 bytes", "object key is 2000 bytes", withKey(strings.Repeat("k", 2000))},
 		{"key with a NUL", "control characters", withKey("a\x00b")},
 		{"invalid bucket", "not a valid bucket name", []byte(`{"version":1,"id":"h","kind":"upload","image_id":"img","source":{"bucket":"..","key":"k"}}`)},
-		{"md5 that is not hex", "checksum: must be an md5", up(`,"checksum":"`+strings.Repeat("z", 32)+`"`)},
+		{"md5 that is not hex", "checksum: must be an md5", up(`,"checksum":"` + strings.Repeat("z", 32) + `"`)},
 		{"unsupported hash", `os_hash_algo: unsupported "md5"`, up(`,"os_hash_algo":"md5"`)},
 		{"trailing data", "after top-level value", append(up(""), []byte(` {"version":1}`)...)},
 		{"deep nesting", "exceeded max depth", []byte(strings.Repeat("[", 60000))},
