@@ -17,6 +17,17 @@ type Volume struct {
 	Multiattach bool
 	ReadOnly    bool
 	Metadata    map[string]string
+	// Created is when the volume was created.
+	Created time.Time
+	// Attachments are the volume's current attachments.
+	Attachments []VolumeAttachment
+}
+
+// VolumeAttachment is one attachment of a volume, on whichever host.
+type VolumeAttachment struct {
+	ID string
+	// Host is the connector host the attachment was made for.
+	Host string
 }
 
 // VolumeSpec describes a volume to create.

@@ -324,8 +324,8 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	if err := x.step(ctx, StepAttaching); err != nil {
 		return Result{}, err
 	}
-	if _, err := x.Volumes.WaitVolume(ctx, x.rec.VolumeID, "available"); err != nil {
-		return Result{}, fmt.Errorf("wait for volume %s: %w", x.rec.VolumeID, err)
+	if err := x.volumeReady(ctx); err != nil {
+		return Result{}, err
 	}
 	if err := x.attach(ctx, x.rec.VolumeID, ReadWrite); err != nil {
 		return Result{}, err
@@ -524,6 +524,32 @@ func isErrorStatus(s string) bool {
 	return s == "error" || len(s) > 6 && s[:6] == "error_"
 }
 
+// volumeReady waits until the upload's volume is available. Attachments
+// found on it are stale — an earlier attempt crashed between attaching and
+// journaling the attachment, or a worker that lost the job still holds it —
+// because the volume belongs to this job alone until the upload finishes:
+// they are deleted, which also cuts a stale writer off.
+func (x *run) volumeReady(ctx context.Context) error {
+	id := x.rec.VolumeID
+	v, err := x.Volumes.WaitVolume(ctx, id, "available", "reserved", "in-use")
+	if err != nil {
+		return fmt.Errorf("wait for volume %s: %w", id, err)
+	}
+	if len(v.Attachments) == 0 && v.Status == "available" {
+		return nil
+	}
+	for _, a := range v.Attachments {
+		x.log.Warn().Str("volume_id", id).Str("attachment_id", a.ID).Str("host", a.Host).Msg("deleting a stale attachment of this job's volume")
+		if err := x.Volumes.Detach(ctx, a.ID); err != nil {
+			return fmt.Errorf("delete stale attachment %s of volume %s: %w", a.ID, id, err)
+		}
+	}
+	if _, err := x.Volumes.WaitVolume(ctx, id, "available"); err != nil {
+		return fmt.Errorf("wait for volume %s: %w", id, err)
+	}
+	return nil
+}
+
 // grow extends the volume of an upload of unknown size: double it, capped
 // at MaxGrowStep per step, and at least to need.
 func (x *run) grow(ctx context.Context, dev Device, need int64) (Device, error) {
@@ -555,7 +581,7 @@ func (x *run) grow(ctx context.Context, dev Device, need int64) (Device, error) 
 	if err := x.detach(ctx); err != nil {
 		return nil, err
 	}
-	if _, err := x.Volumes.WaitVolume(ctx, x.rec.VolumeID, "available"); err != nil {
+	if err := x.volumeReady(ctx); err != nil {
 		return nil, err
 	}
 	if err := x.Volumes.ExtendVolume(ctx, x.rec.VolumeID, newGiB); err != nil {

@@ -51,6 +51,10 @@ type config struct {
 	checkpointEvery int64
 	maxImageSize    int64
 
+	reconcileEvery time.Duration
+	reconcileGrace time.Duration
+	reconcileDry   bool
+
 	downloadKeyFile string
 	downloadAuth    string
 	downloadRoles   string
@@ -109,6 +113,9 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.initiatorIQN, "initiator-iqn", "", "this host's iSCSI initiator name (default: generated once and kept in the journal)")
 	fs.String(&c.connector, "connector", "userspace", "how iSCSI volumes attach: userspace (built-in initiator, no privileges) or kernel (iscsiadm)")
 	fs.Int64(&c.checkpointEvery, "checkpoint-every", 256<<20, "bytes copied between durable upload checkpoints")
+	fs.Duration(&c.reconcileEvery, "reconcile-every", 10*time.Minute, "how often leaked attachments and volumes are looked for (also once at start-up)")
+	fs.Duration(&c.reconcileGrace, "reconcile-grace", time.Hour, "a volume of a failed, cancelled or silent job is deleted only after this long")
+	fs.Bool(&c.reconcileDry, "reconcile-dry-run", false, "only log what the reconciler would detach and delete")
 	fs.Int64(&c.maxImageSize, "max-image-size", 0, "refuse uploads larger than this many bytes (0: the job format's limit, 64 TiB)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -165,6 +172,9 @@ func (c config) validate() error {
 	}
 	if (c.natsCert == "") != (c.natsKey == "") {
 		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if c.reconcileEvery < time.Minute || c.reconcileGrace < time.Minute {
+		errs = append(errs, errors.New("--reconcile-every and --reconcile-grace must be at least 1m"))
 	}
 	if c.maxImageSize < 0 || c.maxImageSize > jobs.MaxImageSize {
 		errs = append(errs, fmt.Errorf("--max-image-size must be 0..%d", jobs.MaxImageSize))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -133,17 +134,43 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	log.Info().Str("zone", c.zone).Int("concurrency", c.slots).Str("http", httpURL).
 		Bool("embedded", deps.endpoints != nil).Msg("worker ready")
 
+	running := newRunningSet()
+	reconciler := &jobs.Reconciler{Volumes: volumes, Journal: journal, Statuses: q, Log: log.With().Str("component", "reconciler").Logger(),
+		Store: storeTag(c), Running: running.has, Grace: c.reconcileGrace, DryRun: c.reconcileDry}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Minute)
+	if _, err := reconciler.Run(rctx); err != nil {
+		log.Warn().Err(err).Msg("start-up reconciliation")
+	}
+	rcancel()
+
 	// Jobs run under their own context: a shutdown first stops taking jobs
 	// and gives running ones the grace period, then interrupts them.
 	jobCtx, interrupt := context.WithCancel(context.WithoutCancel(ctx))
 	defer interrupt()
 	advisories := make(chan error, 1)
 	go func() { advisories <- q.WatchMaxDeliveries(jobCtx) }()
+	reconciled := make(chan struct{})
+	go func() {
+		defer close(reconciled)
+		t := time.NewTicker(c.reconcileEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-jobCtx.Done():
+				return
+			case <-t.C:
+				if _, err := reconciler.Run(jobCtx); err != nil && jobCtx.Err() == nil {
+					log.Warn().Err(err).Msg("reconciliation")
+				}
+			}
+		}
+	}()
 	consumeDone := make(chan error, 1)
 	go func() {
 		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) {
 			d, done := m.Delivery(d)
 			defer done()
+			defer running.add(d.Data())()
 			worker.Handle(jobCtx, d)
 		})
 	}()
@@ -164,6 +191,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	}
 	interrupt()
 	<-advisories
+	<-reconciled
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -201,4 +229,46 @@ func downloadAuth(c config) (httpapi.Authenticator, error) {
 		}
 	}
 	return methods, nil
+}
+
+// storeTag is the store name this worker's volumes carry (MetaStore).
+func storeTag(c config) string {
+	if c.store != "" {
+		return c.store
+	}
+	return "default"
+}
+
+// runningSet is the ids of the jobs running on this worker, for the
+// reconciler.
+type runningSet struct {
+	mu  sync.Mutex
+	ids map[string]int
+}
+
+func newRunningSet() *runningSet { return &runningSet{ids: map[string]int{}} }
+
+// add records the job in data as running and returns the function that
+// forgets it.
+func (r *runningSet) add(data []byte) func() {
+	j, err := jobs.Decode(data)
+	if err != nil {
+		return func() {}
+	}
+	r.mu.Lock()
+	r.ids[j.ID]++
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		if r.ids[j.ID]--; r.ids[j.ID] <= 0 {
+			delete(r.ids, j.ID)
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *runningSet) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ids[id] > 0
 }

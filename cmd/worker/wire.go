@@ -93,7 +93,7 @@ func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Jour
 	if !c.embeddedVolumes() {
 		return d, errors.New("OpenStack credentials are set, but this build has no Cinder adapter yet: unset OS_CLOUD/OS_AUTH_URL and --cinder-config to use local volumes")
 	}
-	vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{})
+	vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{Host: c.name})
 	if err != nil {
 		return d, err
 	}
