@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,7 @@ type RunnerConfig struct {
 	// when a job or this field names one. Its volumes carry it in metadata.
 	Store string
 	// CheckpointEvery is how many bytes an upload copies between durable
-	// checkpoints (default 256 MiB).
+	// checkpoints (default 64 MiB).
 	CheckpointEvery int64
 	// ProgressEvery is the minimum time between progress events (default 1 s).
 	ProgressEvery time.Duration
@@ -54,7 +55,7 @@ type RunnerConfig struct {
 
 func (c RunnerConfig) withDefaults() RunnerConfig {
 	if c.CheckpointEvery == 0 {
-		c.CheckpointEvery = 256 << 20
+		c.CheckpointEvery = 64 << 20
 	}
 	if c.ProgressEvery == 0 {
 		c.ProgressEvery = time.Second
@@ -94,6 +95,9 @@ type run struct {
 	attempt int
 	log     zerolog.Logger
 	dev     Device
+	// mu guards rec while a copy runs: checkpoints are saved from the
+	// copier's goroutine while progress events read the record.
+	mu      sync.Mutex
 	lastEv  time.Time
 	lastB   int64
 	started time.Time
@@ -160,6 +164,8 @@ func (x *run) load(ctx context.Context) error {
 // save journals the record. A conflict means another goroutine of this
 // worker owns the job: stop.
 func (x *run) save(ctx context.Context) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	x.rec.Updated = time.Now().UTC()
 	rec, err := x.Journal.Save(context.WithoutCancel(ctx), x.rec)
 	if err != nil {
@@ -185,8 +191,11 @@ func (x *run) event(ctx context.Context, st State, bytes int64, force bool) {
 	if !force && now.Sub(x.lastEv) < x.cfg.ProgressEvery {
 		return
 	}
-	ev := Event{JobID: x.job.ID, Kind: x.job.Kind, State: st, Step: x.rec.Step, Attempt: x.attempt,
-		Worker: x.cfg.Worker, ImageID: x.job.ImageID, VolumeID: x.rec.VolumeID, Bytes: bytes, Total: x.job.Size, Time: now.UTC()}
+	x.mu.Lock()
+	step, volumeID := x.rec.Step, x.rec.VolumeID
+	x.mu.Unlock()
+	ev := Event{JobID: x.job.ID, Kind: x.job.Kind, State: st, Step: step, Attempt: x.attempt,
+		Worker: x.cfg.Worker, ImageID: x.job.ImageID, VolumeID: volumeID, Bytes: bytes, Total: x.job.Size, Time: now.UTC()}
 	if st == StateProgress && !x.lastEv.IsZero() {
 		ev.Rate = float64(bytes-x.lastB) / now.Sub(x.lastEv).Seconds()
 	}
@@ -354,11 +363,14 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	var done atomic.Int64
 	dg, err := x.Copier.Fill(ctx, x.dev, body, FillRequest{
 		HashAlgo:        x.job.OSHashAlgo,
+		SizeHint:        info.Size,
 		Resume:          resume,
 		CheckpointEvery: x.cfg.CheckpointEvery,
 		Checkpoint: func(ctx context.Context, cp Checkpoint) error {
 			cp.At = time.Now().UTC()
+			x.mu.Lock()
 			x.rec.Checkpoint = &cp
+			x.mu.Unlock()
 			return x.save(ctx)
 		},
 		Progress: func(n int64) {

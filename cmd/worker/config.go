@@ -112,7 +112,7 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.cinderConfig, "cinder-config", "", "file with a [glance_store] section (glance_store's cinder option names)")
 	fs.String(&c.initiatorIQN, "initiator-iqn", "", "this host's iSCSI initiator name (default: generated once and kept in the journal)")
 	fs.String(&c.connector, "connector", "userspace", "how iSCSI volumes attach: userspace (built-in initiator, no privileges) or kernel (iscsiadm)")
-	fs.Int64(&c.checkpointEvery, "checkpoint-every", 256<<20, "bytes copied between durable upload checkpoints")
+	fs.Int64(&c.checkpointEvery, "checkpoint-every", 64<<20, "bytes copied between durable upload checkpoints (they do not stall the copy; a retry re-reads at most this much)")
 	fs.Duration(&c.reconcileEvery, "reconcile-every", 10*time.Minute, "how often leaked attachments and volumes are looked for (also once at start-up)")
 	fs.Duration(&c.reconcileGrace, "reconcile-grace", time.Hour, "a volume of a failed, cancelled or silent job is deleted only after this long")
 	fs.Bool(&c.reconcileDry, "reconcile-dry-run", false, "only log what the reconciler would detach and delete")
