@@ -37,6 +37,14 @@ test-deps-go:
 	  echo "building MinIO from the Go module proxy (pinned; ~2 minutes)"; \
 	  GOBIN="$(TOOLS)" $(GO) install $(MINIO_MOD); fi
 
+## bench: cinderport beside its peers (qemu-img, dd) in one run; a markdown table, bench.json and bench.svg
+## (BENCH_ARGS=-bench.json=- prints JSON instead of the table; BENCH=Queue runs one benchmark)
+BENCH ?= .
+BENCH_ARGS ?=
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 90m ./tests/bench \
+	  -args -bench.json bench.json -bench.svg bench.svg $(BENCH_ARGS)
+
 ## fuzz: run every fuzz target for FUZZTIME each
 FUZZTIME ?= 60s
 fuzz:

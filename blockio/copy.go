@@ -3,6 +3,7 @@ package blockio
 import (
 	"context"
 	"fmt"
+	"hash"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,7 @@ type buffer struct {
 	n    int
 	off  int64
 	dev  jobs.Device
+	mark bool // a checkpoint is due where this buffer ends
 	refs atomic.Int32
 }
 
@@ -108,13 +110,35 @@ func (p *pipe) hashStage(in <-chan *buffer, w io.Writer) {
 	}()
 }
 
+// drain waits until every dispatched buffer went through all stages.
+func (p *pipe) drain() error {
+	p.pending.Wait()
+	return p.failed()
+}
+
+// fit shrinks the chunk and the depth to an image of size bytes, so a
+// small image does not allocate (and clear) the buffers of a large one.
+func fit(size int64, chunk, depth, bs int) (int, int) {
+	if size <= 0 {
+		return chunk, depth
+	}
+	if aligned := (size + int64(bs) - 1) / int64(bs) * int64(bs); aligned < int64(chunk) {
+		chunk = int(aligned)
+	}
+	return chunk, int(min(int64(depth), (size+int64(chunk)-1)/int64(chunk)))
+}
+
 // Fill implements jobs.Copier.
+//
+// Checkpoints do not stop the pipeline: the reader marks the buffer that
+// ends at a checkpoint, each hash stage snapshots its state as it passes
+// that buffer, and once every write below the mark has completed the device
+// is flushed and the checkpoint saved while later writes go on. When the
+// copy stops early — the source fails or ctx is cancelled — the writes in
+// flight finish and a last checkpoint is taken where they end, so the next
+// attempt reads again only what never reached the device.
 func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req jobs.FillRequest) (jobs.Digest, error) {
 	chunk, depth, bs := c.geometry(dev)
-	h, err := newImageHashes(req.HashAlgo, req.Resume)
-	if err != nil {
-		return jobs.Digest{}, err
-	}
 	var off int64
 	if req.Resume != nil {
 		off = req.Resume.Offset
@@ -122,13 +146,36 @@ func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req j
 	if off%int64(bs) != 0 || off < 0 {
 		return jobs.Digest{}, jobs.Permanentf("resume offset %d is not a multiple of the block size %d", off, bs)
 	}
+	if req.SizeHint > 0 {
+		chunk, depth = fit(req.SizeHint-off, chunk, depth, bs)
+	}
+	h, err := newImageHashes(req.HashAlgo, req.Resume)
+	if err != nil {
+		return jobs.Digest{}, err
+	}
 
 	p := newPipe(depth+2, chunk)
+	cp := newCheckpointer(ctx, dev, off, req.Checkpoint)
 	md5In := make(chan *buffer, depth+2)
 	osIn := make(chan *buffer, depth+2)
 	writes := make(chan *buffer, depth+2)
-	p.hashStage(md5In, h.md5)
-	p.hashStage(osIn, h.os)
+	for _, stage := range []struct {
+		in   <-chan *buffer
+		hash hash.Hash
+		md5  bool
+	}{{md5In, h.md5, true}, {osIn, h.os, false}} {
+		p.stages.Add(1)
+		go func() {
+			defer p.stages.Done()
+			for b := range stage.in {
+				stage.hash.Write(b.b[:b.n]) // hash.Hash.Write never fails
+				if b.mark {
+					cp.snapshot(b.off+int64(b.n), stage.md5, stage.hash)
+				}
+				p.release(b)
+			}
+		}()
+	}
 	for range depth {
 		p.stages.Add(1)
 		go func() {
@@ -139,6 +186,8 @@ func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req j
 					clear(b.b[b.n:n])
 					if _, err := b.dev.WriteAt(b.b[:n], b.off); err != nil {
 						p.fail(fmt.Errorf("write %d bytes at offset %d: %w", n, b.off, err))
+					} else {
+						cp.wrote(b.off, b.off+int64(b.n))
 					}
 				}
 				p.release(b)
@@ -146,72 +195,77 @@ func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req j
 		}()
 	}
 
-	// drain waits until every dispatched buffer went through all stages.
-	drain := func() error {
-		p.pending.Wait()
-		return p.failed()
-	}
 	nextCheckpoint := off + req.CheckpointEvery
+	stoppedEarly := false // by the source or ctx, with the writes in flight intact
 	err = func() error {
 		for {
 			if err := p.failed(); err != nil {
 				return err
 			}
+			if err := cp.failed(); err != nil {
+				return err
+			}
 			if ctx.Err() != nil {
+				stoppedEarly = true
 				return context.Cause(ctx)
 			}
 			var b *buffer
 			select {
 			case b = <-p.free:
 			case <-ctx.Done():
+				stoppedEarly = true
 				return context.Cause(ctx)
 			}
 			n, rerr := io.ReadFull(src, b.b)
+			eof := rerr == io.EOF || rerr == io.ErrUnexpectedEOF
+			if rerr != nil && !eof {
+				// A partial buffer of a failed read is not written: the
+				// offset stays aligned and the retry reads it again.
+				p.free <- b
+				stoppedEarly = true
+				return fmt.Errorf("read source at offset %d: %w", off, rerr)
+			}
 			if n == 0 {
 				p.free <- b
-			} else {
-				if end := off + int64((n+bs-1)/bs*bs); end > dev.Size() {
-					if err := drain(); err != nil {
-						p.free <- b
-						return err
-					}
-					if req.Grow == nil {
-						p.free <- b
-						return jobs.Permanentf("image is larger than the volume (%d bytes)", dev.Size())
-					}
-					grown, err := req.Grow(ctx, dev, end)
-					if err != nil {
-						p.free <- b
-						return fmt.Errorf("grow volume to %d bytes: %w", end, err)
-					}
-					if grown.Size() < end {
-						p.free <- b
-						return fmt.Errorf("volume grown to %d bytes, need %d", grown.Size(), end)
-					}
-					dev = grown
-				}
-				b.n, b.off, b.dev = n, off, dev
-				b.refs.Store(3)
-				p.pending.Add(1)
-				md5In <- b
-				osIn <- b
-				writes <- b
-				off += int64(n)
-				if req.Progress != nil {
-					req.Progress(off)
-				}
-				if req.CheckpointEvery > 0 && rerr == nil && off >= nextCheckpoint {
-					if err := c.checkpoint(ctx, dev, h, off, drain, req.Checkpoint); err != nil {
-						return err
-					}
-					nextCheckpoint = off + req.CheckpointEvery
-				}
-			}
-			switch {
-			case rerr == io.EOF || rerr == io.ErrUnexpectedEOF:
 				return nil
-			case rerr != nil:
-				return fmt.Errorf("read source at offset %d: %w", off, rerr)
+			}
+			if end := off + int64((n+bs-1)/bs*bs); end > dev.Size() {
+				if err := p.drain(); err != nil {
+					p.free <- b
+					return err
+				}
+				if req.Grow == nil {
+					p.free <- b
+					return jobs.Permanentf("image is larger than the volume (%d bytes)", dev.Size())
+				}
+				grown, err := cp.pause(func() (jobs.Device, error) { return req.Grow(ctx, dev, end) })
+				if err != nil {
+					p.free <- b
+					return fmt.Errorf("grow volume to %d bytes: %w", end, err)
+				}
+				if grown.Size() < end {
+					p.free <- b
+					return fmt.Errorf("volume grown to %d bytes, need %d", grown.Size(), end)
+				}
+				dev = grown
+			}
+			b.n, b.off, b.dev, b.mark = n, off, dev, false
+			off += int64(n)
+			if req.CheckpointEvery > 0 && !eof && off >= nextCheckpoint {
+				b.mark = true
+				cp.expect(off)
+				nextCheckpoint = off + req.CheckpointEvery
+			}
+			b.refs.Store(3)
+			p.pending.Add(1)
+			md5In <- b
+			osIn <- b
+			writes <- b
+			if req.Progress != nil {
+				req.Progress(off)
+			}
+			if eof {
+				return nil
 			}
 		}
 	}()
@@ -219,30 +273,20 @@ func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req j
 	close(osIn)
 	close(writes)
 	p.stages.Wait()
+	cerr := cp.close()
+	if werr := p.failed(); werr != nil {
+		return jobs.Digest{}, werr // the write's own error, even when the copy stopped early
+	}
 	if err == nil {
-		err = p.failed()
+		err = cerr
 	}
 	if err != nil {
+		if stoppedEarly && cerr == nil && off%int64(bs) == 0 {
+			cp.final(off, h)
+		}
 		return jobs.Digest{}, err
 	}
 	return h.digest(off), nil
-}
-
-func (c *Copier) checkpoint(ctx context.Context, dev jobs.Device, h *imageHashes, off int64, drain func() error, save func(context.Context, jobs.Checkpoint) error) error {
-	if err := drain(); err != nil {
-		return err
-	}
-	if save == nil {
-		return nil
-	}
-	if err := dev.Flush(ctx); err != nil {
-		return fmt.Errorf("flush at checkpoint %d: %w", off, err)
-	}
-	md5State, osState, err := h.state()
-	if err != nil {
-		return err
-	}
-	return save(ctx, jobs.Checkpoint{Offset: off, MD5State: md5State, HashState: osState})
 }
 
 // Drain implements jobs.Copier.

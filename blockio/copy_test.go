@@ -9,8 +9,10 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cinderport/cinderport/jobs"
 )
@@ -277,3 +279,136 @@ func (d *nullDevice) Size() int64                              { return d.size }
 func (d *nullDevice) BlockSize() int                           { return 512 }
 func (d *nullDevice) Flush(context.Context) error              { return nil }
 func (d *nullDevice) Close() error                             { return nil }
+
+// slowDevice delays writes, so several are in flight when checkpoints fall due.
+type slowDevice struct {
+	*memDevice
+	delay time.Duration
+}
+
+func (d slowDevice) WriteAt(p []byte, off int64) (int, error) {
+	time.Sleep(d.delay)
+	return d.memDevice.WriteAt(p, off)
+}
+
+// TestCheckpointsAreDurable checks, inside every checkpoint, that each byte
+// below its offset is already on the device — with writes still in flight
+// behind it, since checkpoints no longer drain the pipeline.
+func TestCheckpointsAreDurable(t *testing.T) {
+	const n = 3<<20 + 4096
+	src := randomBytes(n, 21)
+	mem := newMemDevice(t, 4<<20)
+	dev := slowDevice{mem, time.Millisecond}
+	c := &Copier{ChunkSize: 64 << 10, Depth: 6}
+	var offs []int64
+	got, err := c.Fill(context.Background(), dev, bytes.NewReader(src), jobs.FillRequest{
+		HashAlgo: "sha512", CheckpointEvery: 256 << 10,
+		Checkpoint: func(_ context.Context, cp jobs.Checkpoint) error {
+			mem.mu.Lock()
+			ok := bytes.Equal(mem.data[:cp.Offset], src[:cp.Offset])
+			flushed := mem.flushes
+			mem.mu.Unlock()
+			if !ok {
+				t.Errorf("checkpoint %d: the bytes below it are not all on the device", cp.Offset)
+			}
+			if flushed == 0 {
+				t.Errorf("checkpoint %d saved before any flush", cp.Offset)
+			}
+			if len(offs) > 0 && cp.Offset <= offs[len(offs)-1] {
+				t.Errorf("checkpoint %d after %d: offsets must increase", cp.Offset, offs[len(offs)-1])
+			}
+			offs = append(offs, cp.Offset)
+			return nil
+		},
+	})
+	if err != nil || got != wantDigest(src) {
+		t.Fatalf("fill: %v, digest %+v", err, got)
+	}
+	if len(offs) < 4 {
+		t.Errorf("%d checkpoints over %d bytes every 256 KiB: %v", len(offs), n, offs)
+	}
+}
+
+// TestStopEarlyTakesAFinalCheckpoint: a copy cut short by its context or its
+// source leaves a checkpoint where its completed writes end, and resuming
+// from it gives the same bytes and hashes as an uninterrupted copy.
+func TestStopEarlyTakesAFinalCheckpoint(t *testing.T) {
+	const n = 2<<20 + 777
+	src := randomBytes(n, 33)
+	for _, tc := range []struct {
+		name string
+		stop func(cancel context.CancelFunc) io.Reader
+	}{
+		{"cancelled", func(cancel context.CancelFunc) io.Reader {
+			return &cancelAt{r: bytes.NewReader(src), at: 1<<20 + 320<<10, cancel: cancel}
+		}},
+		{"source failed", func(context.CancelFunc) io.Reader {
+			return io.MultiReader(io.LimitReader(bytes.NewReader(src), 1<<20+320<<10), iotestErr{errors.New("connection reset")})
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dev := newMemDevice(t, 4<<20)
+			c := &Copier{ChunkSize: 64 << 10, Depth: 4}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			var last jobs.Checkpoint
+			_, err := c.Fill(ctx, dev, tc.stop(cancel), jobs.FillRequest{HashAlgo: "sha512", CheckpointEvery: 512 << 10,
+				Checkpoint: func(_ context.Context, cp jobs.Checkpoint) error { last = cp; return nil }})
+			if err == nil {
+				t.Fatal("the copy did not stop")
+			}
+			// Periodic checkpoints fall at 512 KiB and 1 MiB; the final one
+			// must be exactly where the reading stopped.
+			if last.Offset != 1<<20+320<<10 {
+				t.Fatalf("last checkpoint at %d: want the final one, exactly where the reading stopped", last.Offset)
+			}
+			got, err := c.Fill(context.Background(), dev, bytes.NewReader(src[last.Offset:]), jobs.FillRequest{HashAlgo: "sha512", Resume: &last})
+			if err != nil {
+				t.Fatalf("resume from %d: %v", last.Offset, err)
+			}
+			if got != wantDigest(src) || !bytes.Equal(dev.data[:n], src) {
+				t.Errorf("resumed from %d: digest or content differs", last.Offset)
+			}
+		})
+	}
+}
+
+// cancelAt cancels its context as soon as at bytes have been read.
+type cancelAt struct {
+	r      io.Reader
+	n, at  int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAt) Read(p []byte) (int, error) {
+	if c.n < c.at {
+		p = p[:min(len(p), c.at-c.n)]
+	}
+	k, err := c.r.Read(p)
+	if c.n += k; c.n >= c.at {
+		c.cancel()
+	}
+	return k, err
+}
+
+// TestFillSmallImageSmallBuffers: buffers follow SizeHint, so a 4 KiB image
+// does not allocate the megabytes of the default pipeline.
+func TestFillSmallImageSmallBuffers(t *testing.T) {
+	src := randomBytes(4096, 5)
+	c := &Copier{}
+	fill := func(hint int64) uint64 {
+		dev := newMemDevice(t, 1<<20)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if _, err := c.Fill(context.Background(), dev, bytes.NewReader(src), jobs.FillRequest{HashAlgo: "sha512", SizeHint: hint}); err != nil {
+			t.Fatal(err)
+		}
+		runtime.ReadMemStats(&after)
+		return after.TotalAlloc - before.TotalAlloc
+	}
+	small, unknown := fill(4096), fill(0)
+	if small > 256<<10 || unknown < 4<<20 {
+		t.Errorf("allocated %d bytes with a size hint and %d without: want the hint to keep it small", small, unknown)
+	}
+}

@@ -117,11 +117,8 @@ func Decode(data []byte) (Job, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	var j Job
-	if err := dec.Decode(&j); err != nil {
+	if err := dec.Decode(&j); err != nil { // trailing data was refused above
 		return Job{}, Permanentf("decode job: %v", err)
-	}
-	if _, err := dec.Token(); err == nil {
-		return Job{}, Permanentf("decode job: trailing data after the JSON object")
 	}
 	if err := j.Validate(); err != nil {
 		return Job{}, err

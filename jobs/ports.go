@@ -17,6 +17,17 @@ type Volume struct {
 	Multiattach bool
 	ReadOnly    bool
 	Metadata    map[string]string
+	// Created is when the volume was created.
+	Created time.Time
+	// Attachments are the volume's current attachments.
+	Attachments []VolumeAttachment
+}
+
+// VolumeAttachment is one attachment of a volume, on whichever host.
+type VolumeAttachment struct {
+	ID string
+	// Host is the connector host the attachment was made for.
+	Host string
 }
 
 // VolumeSpec describes a volume to create.
@@ -224,12 +235,19 @@ type Digest struct {
 type FillRequest struct {
 	// HashAlgo is the os_hash algorithm (sha256, sha384, sha512).
 	HashAlgo string
+	// SizeHint is the image's expected size (0: unknown): buffers are
+	// sized to it, so a small image does not cost a large one's memory.
+	SizeHint int64
 	// Resume, when set, continues a copy: src starts at Resume.Offset, and the
 	// hash states are restored from it.
 	Resume *Checkpoint
 	// CheckpointEvery is how many bytes pass between checkpoints (0: none).
-	// At each one the copier drains its pipeline, flushes the device and
-	// calls Checkpoint with the durable offset and the hash states there.
+	// At each one — without stopping the pipeline — the copier flushes the
+	// device once every byte below it is written, and calls Checkpoint with
+	// that durable offset and the hash states there. A copy that stops
+	// early (source error, ctx cancelled) takes a last checkpoint where its
+	// completed writes end. Checkpoint may be called from another goroutine,
+	// never concurrently with itself.
 	CheckpointEvery int64
 	Checkpoint      func(ctx context.Context, cp Checkpoint) error
 	// Progress is called with the number of bytes handed to the device so

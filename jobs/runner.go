@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,7 +37,7 @@ type RunnerConfig struct {
 	// when a job or this field names one. Its volumes carry it in metadata.
 	Store string
 	// CheckpointEvery is how many bytes an upload copies between durable
-	// checkpoints (default 256 MiB).
+	// checkpoints (default 64 MiB).
 	CheckpointEvery int64
 	// ProgressEvery is the minimum time between progress events (default 1 s).
 	ProgressEvery time.Duration
@@ -47,17 +48,23 @@ type RunnerConfig struct {
 	// MaxGrowStep caps one growth step of a volume of unknown size (default
 	// 64 GiB); steps double the volume up to that cap.
 	MaxGrowStep int64
+	// MaxImageSize refuses uploads of larger images (0: MaxImageSize of the
+	// job format).
+	MaxImageSize int64
 }
 
 func (c RunnerConfig) withDefaults() RunnerConfig {
 	if c.CheckpointEvery == 0 {
-		c.CheckpointEvery = 256 << 20
+		c.CheckpointEvery = 64 << 20
 	}
 	if c.ProgressEvery == 0 {
 		c.ProgressEvery = time.Second
 	}
 	if c.MaxGrowStep == 0 {
 		c.MaxGrowStep = 64 * GiB
+	}
+	if c.MaxImageSize == 0 {
+		c.MaxImageSize = MaxImageSize
 	}
 	return c
 }
@@ -88,6 +95,9 @@ type run struct {
 	attempt int
 	log     zerolog.Logger
 	dev     Device
+	// mu guards rec while a copy runs: checkpoints are saved from the
+	// copier's goroutine while progress events read the record.
+	mu      sync.Mutex
 	lastEv  time.Time
 	lastB   int64
 	started time.Time
@@ -107,6 +117,7 @@ func (r *Runner) Run(ctx context.Context, job Job, attempt int) (Result, error) 
 	if err := x.load(ctx); err != nil {
 		return Result{}, err
 	}
+	x.event(ctx, StateRunning, 0, true) // the job started: enqueue-to-start latency ends here
 	if x.rec.Outcome == "completed" && x.rec.Result != nil {
 		// Finished before, but the ack was lost: report the same result.
 		return *x.rec.Result, nil
@@ -153,6 +164,8 @@ func (x *run) load(ctx context.Context) error {
 // save journals the record. A conflict means another goroutine of this
 // worker owns the job: stop.
 func (x *run) save(ctx context.Context) error {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	x.rec.Updated = time.Now().UTC()
 	rec, err := x.Journal.Save(context.WithoutCancel(ctx), x.rec)
 	if err != nil {
@@ -178,8 +191,11 @@ func (x *run) event(ctx context.Context, st State, bytes int64, force bool) {
 	if !force && now.Sub(x.lastEv) < x.cfg.ProgressEvery {
 		return
 	}
-	ev := Event{JobID: x.job.ID, Kind: x.job.Kind, State: st, Step: x.rec.Step, Attempt: x.attempt,
-		Worker: x.cfg.Worker, ImageID: x.job.ImageID, VolumeID: x.rec.VolumeID, Bytes: bytes, Total: x.job.Size, Time: now.UTC()}
+	x.mu.Lock()
+	step, volumeID := x.rec.Step, x.rec.VolumeID
+	x.mu.Unlock()
+	ev := Event{JobID: x.job.ID, Kind: x.job.Kind, State: st, Step: step, Attempt: x.attempt,
+		Worker: x.cfg.Worker, ImageID: x.job.ImageID, VolumeID: volumeID, Bytes: bytes, Total: x.job.Size, Time: now.UTC()}
 	if st == StateProgress && !x.lastEv.IsZero() {
 		ev.Rate = float64(bytes-x.lastB) / now.Sub(x.lastEv).Seconds()
 	}
@@ -303,6 +319,9 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	if x.job.Size > 0 && info.Size != x.job.Size {
 		return Result{}, Permanentf("staged object %s is %d bytes, the job says %d", src, info.Size, x.job.Size)
 	}
+	if info.Size > x.cfg.MaxImageSize {
+		return Result{}, Permanentf("staged object %s is %d bytes, larger than this worker's limit of %d", src, info.Size, x.cfg.MaxImageSize)
+	}
 	want := x.job.Size
 	if want == 0 && (x.cfg.TrustStagedSize == nil || *x.cfg.TrustStagedSize) {
 		want = info.Size
@@ -314,8 +333,8 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	if err := x.step(ctx, StepAttaching); err != nil {
 		return Result{}, err
 	}
-	if _, err := x.Volumes.WaitVolume(ctx, x.rec.VolumeID, "available"); err != nil {
-		return Result{}, fmt.Errorf("wait for volume %s: %w", x.rec.VolumeID, err)
+	if err := x.volumeReady(ctx); err != nil {
+		return Result{}, err
 	}
 	if err := x.attach(ctx, x.rec.VolumeID, ReadWrite); err != nil {
 		return Result{}, err
@@ -344,11 +363,14 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	var done atomic.Int64
 	dg, err := x.Copier.Fill(ctx, x.dev, body, FillRequest{
 		HashAlgo:        x.job.OSHashAlgo,
+		SizeHint:        info.Size,
 		Resume:          resume,
 		CheckpointEvery: x.cfg.CheckpointEvery,
 		Checkpoint: func(ctx context.Context, cp Checkpoint) error {
 			cp.At = time.Now().UTC()
+			x.mu.Lock()
 			x.rec.Checkpoint = &cp
+			x.mu.Unlock()
 			return x.save(ctx)
 		},
 		Progress: func(n int64) {
@@ -514,6 +536,32 @@ func isErrorStatus(s string) bool {
 	return s == "error" || len(s) > 6 && s[:6] == "error_"
 }
 
+// volumeReady waits until the upload's volume is available. Attachments
+// found on it are stale — an earlier attempt crashed between attaching and
+// journaling the attachment, or a worker that lost the job still holds it —
+// because the volume belongs to this job alone until the upload finishes:
+// they are deleted, which also cuts a stale writer off.
+func (x *run) volumeReady(ctx context.Context) error {
+	id := x.rec.VolumeID
+	v, err := x.Volumes.WaitVolume(ctx, id, "available", "reserved", "in-use")
+	if err != nil {
+		return fmt.Errorf("wait for volume %s: %w", id, err)
+	}
+	if len(v.Attachments) == 0 && v.Status == "available" {
+		return nil
+	}
+	for _, a := range v.Attachments {
+		x.log.Warn().Str("volume_id", id).Str("attachment_id", a.ID).Str("host", a.Host).Msg("deleting a stale attachment of this job's volume")
+		if err := x.Volumes.Detach(ctx, a.ID); err != nil {
+			return fmt.Errorf("delete stale attachment %s of volume %s: %w", a.ID, id, err)
+		}
+	}
+	if _, err := x.Volumes.WaitVolume(ctx, id, "available"); err != nil {
+		return fmt.Errorf("wait for volume %s: %w", id, err)
+	}
+	return nil
+}
+
 // grow extends the volume of an upload of unknown size: double it, capped
 // at MaxGrowStep per step, and at least to need.
 func (x *run) grow(ctx context.Context, dev Device, need int64) (Device, error) {
@@ -545,7 +593,7 @@ func (x *run) grow(ctx context.Context, dev Device, need int64) (Device, error) 
 	if err := x.detach(ctx); err != nil {
 		return nil, err
 	}
-	if _, err := x.Volumes.WaitVolume(ctx, x.rec.VolumeID, "available"); err != nil {
+	if err := x.volumeReady(ctx); err != nil {
 		return nil, err
 	}
 	if err := x.Volumes.ExtendVolume(ctx, x.rec.VolumeID, newGiB); err != nil {

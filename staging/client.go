@@ -239,7 +239,7 @@ func (r *rangeReader) schedule(offset int64) {
 		}
 		n := min(r.c.cfg.RangeSize, r.end-off)
 		if int64(cap(buf)) < n {
-			buf = make([]byte, r.c.cfg.RangeSize)
+			buf = make([]byte, n) // a small object gets a small buffer
 		}
 		rb := &rangeBuf{off: off, buf: buf[:n], done: make(chan struct{})}
 		r.wg.Add(1)

@@ -28,6 +28,8 @@ type Options struct {
 	MaxVolumes, MaxGiB int
 	// WaitTimeout bounds WaitVolume (default 5 minutes).
 	WaitTimeout time.Duration
+	// Host names this host in its attachments, as Cinder's connector host.
+	Host string
 }
 
 // Volumes is the local volume service. It satisfies jobs.Volumes.
@@ -42,6 +44,7 @@ var _ jobs.Volumes = (*Volumes)(nil)
 
 type attachment struct {
 	ID        string          `json:"id"`
+	Host      string          `json:"host,omitempty"`
 	Mode      jobs.AttachMode `json:"mode"`
 	Completed bool            `json:"completed"`
 }
@@ -127,8 +130,12 @@ func (vol *volume) public() jobs.Volume {
 	for k, x := range vol.Metadata {
 		md[k] = x
 	}
-	return jobs.Volume{ID: vol.ID, Name: vol.Name, Status: vol.Status, SizeGiB: vol.SizeGiB, VolumeType: vol.VolumeType,
-		Zone: vol.Zone, Multiattach: vol.Multiattach, ReadOnly: vol.ReadOnly, Metadata: md}
+	pub := jobs.Volume{ID: vol.ID, Name: vol.Name, Status: vol.Status, SizeGiB: vol.SizeGiB, VolumeType: vol.VolumeType,
+		Zone: vol.Zone, Multiattach: vol.Multiattach, ReadOnly: vol.ReadOnly, Metadata: md, Created: vol.Created}
+	for _, a := range vol.Attachments {
+		pub.Attachments = append(pub.Attachments, jobs.VolumeAttachment{ID: a.ID, Host: a.Host})
+	}
+	return pub
 }
 
 func (v *Volumes) get(id string) (*volume, error) {
@@ -327,7 +334,7 @@ func (v *Volumes) Attach(ctx context.Context, volumeID string, mode jobs.AttachM
 	if len(vol.Attachments) > 0 && !vol.Multiattach {
 		return jobs.Attachment{}, jobs.RetryAfter(fmt.Errorf("attach volume %s: status must be available to reserve, is %s", volumeID, vol.Status), time.Second)
 	}
-	att := attachment{ID: newID(), Mode: mode}
+	att := attachment{ID: newID(), Mode: mode, Host: v.opts.Host}
 	vol.Attachments = append(vol.Attachments, att)
 	vol.Status = "reserved"
 	if err := v.persist(vol); err != nil {

@@ -27,9 +27,16 @@ type cli struct {
 	dataDir   string
 	natsURL   string
 	natsCreds string
+	natsCA    string
+	natsCert  string
+	natsKey   string
+	workerCA  string
 	s3        staging.Config
 	bucket    string
 	workerURL string
+	keyFile   string
+	authToken string
+	urlTTL    time.Duration
 	output    string
 	progress  string
 	timeout   time.Duration
@@ -48,6 +55,9 @@ func (c *cli) flags(name, synopsis string) *envflag.Set {
 	fs.String(&c.dataDir, "data-dir", embedded.DefaultDataDir(), "where an embedded worker runs: its endpoints are read from here when no --nats-url is given")
 	fs.String(&c.natsURL, "nats-url", "", "NATS server URL(s), comma separated (default: the embedded worker's)")
 	fs.String(&c.natsCreds, "nats-creds", "", "NATS credentials file")
+	fs.String(&c.natsCA, "nats-tls-ca", "", "CA bundle that signed the NATS servers' certificates (enables TLS)")
+	fs.String(&c.natsCert, "nats-tls-cert", "", "client certificate for NATS (PEM; with --nats-tls-key)")
+	fs.String(&c.natsKey, "nats-tls-key", "", "client private key for NATS (PEM)")
 	fs.String(&c.s3.Endpoint, "s3-endpoint", "", "S3 staging endpoint host:port (default: the embedded worker's)")
 	fs.String(&c.s3.AccessKey, "s3-access-key", "", "S3 access key")
 	fs.String(&c.s3.SecretKey, "s3-secret-key", "", "S3 secret key")
@@ -55,6 +65,7 @@ func (c *cli) flags(name, synopsis string) *envflag.Set {
 	fs.Bool(&c.s3.Secure, "s3-tls", false, "use HTTPS for S3")
 	fs.String(&c.bucket, "bucket", "", "staging bucket (default: cinderport-staging, or the embedded worker's)")
 	fs.String(&c.workerURL, "worker-url", "", "a worker's HTTP API for downloads (default: the embedded worker's)")
+	fs.String(&c.workerCA, "worker-tls-ca", "", "CA bundle for a worker HTTP API served over TLS")
 	fs.String(&c.output, "output", "text", "output format: text or json")
 	fs.String(&c.progress, "progress", "auto", "progress bar: auto (on a terminal), always, never")
 	fs.Duration(&c.timeout, "timeout", 0, "give up waiting after this long (0: never)")
@@ -104,7 +115,8 @@ func (c *cli) connect(ctx context.Context) error {
 	if err := c.resolve(); err != nil {
 		return err
 	}
-	nc, err := queue.Connect(ctx, c.natsURL, queue.ConnectOptions{Name: "cinderport-enqueue", CredsFile: c.natsCreds})
+	nc, err := queue.Connect(ctx, c.natsURL, queue.ConnectOptions{Name: "cinderport-enqueue", CredsFile: c.natsCreds,
+		RootCAs: c.natsCA, CertFile: c.natsCert, KeyFile: c.natsKey})
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", c.natsURL, err)
 	}

@@ -440,6 +440,7 @@ func (c *cli) download(ctx context.Context, args []string) int {
 	var out string
 	fa := &flagsWithArgs{Set: c.flags("download", "download VOLUME_ID [-o FILE] [flags]")}
 	fa.StringVar(&out, "o", "-", "write the image here (- for stdout)")
+	c.authFlags(fa.Set)
 	if err := fa.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -473,11 +474,15 @@ func (c *cli) fetch(ctx context.Context, volumeID, out string) (fetched, error) 
 		return fetched{}, errors.New("no worker URL: pass --worker-url or run an embedded worker")
 	}
 	start := time.Now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(c.workerURL, "/")+"/v1/images/"+volumeID, nil)
+	req, err := c.downloadRequest(ctx, volumeID)
 	if err != nil {
 		return fetched{}, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	hc, err := c.httpClient()
+	if err != nil {
+		return fetched{}, err
+	}
+	resp, err := hc.Do(req)
 	if err != nil {
 		return fetched{}, fmt.Errorf("download volume %s: %w", volumeID, err)
 	}

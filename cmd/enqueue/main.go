@@ -43,6 +43,7 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 		"dead":     c.dead,
 		"demo":     c.demo,
 		"probe":    c.probe,
+		"sign-url": c.signURL,
 	}
 	f, ok := cmds[args[0]]
 	if !ok {
@@ -57,6 +58,7 @@ const usage = `enqueue — stage images, enqueue cinderport jobs, follow them, d
 Usage:
   enqueue upload   --file PATH | --object BUCKET/KEY  [--image-id ID] [--wait] [flags]
   enqueue download VOLUME_ID [-o FILE]              stream an image from a worker (Range-capable API)
+  enqueue sign-url VOLUME_ID [--url-ttl 1h]         print a signed download URL (for clients without credentials)
   enqueue export   VOLUME_ID --object BUCKET/KEY    write a volume's image back into staging
   enqueue delete   VOLUME_ID [--wait]               delete an image volume of this store
   enqueue status   JOB_ID                           the job's latest state

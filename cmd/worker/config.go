@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cinderport/cinderport/internal/embedded"
@@ -22,11 +23,16 @@ type config struct {
 	store     string
 	slots     int
 	httpAddr  string
+	httpCert  string
+	httpKey   string
 	logLevel  string
 	logFormat string
 
 	natsURL    string
 	natsCreds  string
+	natsCA     string
+	natsCert   string
+	natsKey    string
 	natsListen string
 	replicas   int
 	ackWait    time.Duration
@@ -35,6 +41,7 @@ type config struct {
 
 	s3Endpoint, s3AccessKey, s3SecretKey, s3Region, bucket string
 	s3TLS                                                  bool
+	s3CA                                                   string
 
 	cinderConfig string // a glance-api.conf-style file with a [glance_store] section
 	osCloud      string
@@ -42,6 +49,15 @@ type config struct {
 	connector    string
 
 	checkpointEvery int64
+	maxImageSize    int64
+
+	reconcileEvery time.Duration
+	reconcileGrace time.Duration
+	reconcileDry   bool
+
+	downloadKeyFile string
+	downloadAuth    string
+	downloadRoles   string
 }
 
 const usageHead = `Usage: worker [flags]
@@ -68,11 +84,19 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.zone, "zone", jobs.DefaultZone, "the zone whose jobs this worker takes")
 	fs.String(&c.store, "store", "", "store name: locations are cinder://STORE/VOLUME_ID (default: cinder://VOLUME_ID)")
 	fs.Int(&c.slots, "concurrency", 2, "jobs run at once")
-	fs.String(&c.httpAddr, "http-addr", "127.0.0.1:8780", "HTTP API (health, readiness, downloads) listen address")
+	fs.String(&c.httpAddr, "http-addr", "127.0.0.1:8780", "HTTP API (health, readiness, metrics, downloads) listen address")
+	fs.String(&c.httpCert, "http-tls-cert", "", "serve the HTTP API over TLS with this certificate (PEM; with --http-tls-key)")
+	fs.String(&c.httpKey, "http-tls-key", "", "the HTTP API's TLS private key (PEM)")
+	fs.String(&c.downloadAuth, "download-auth", "signed-url", "how downloads authenticate, comma separated: signed-url (HMAC with --download-key-file), keystone (X-Auth-Token checked against Keystone; needs Cinder credentials)")
+	fs.String(&c.downloadKeyFile, "download-key-file", "", "download signing keys, one hex key per line, the first signs (default: <data-dir>/download.key, created if missing)")
+	fs.String(&c.downloadRoles, "download-roles", "admin,service", "keystone download auth: a token needs one of these roles")
 	fs.String(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.String(&c.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	fs.String(&c.natsURL, "nats-url", "", "NATS server URL(s), comma separated; empty: run nats-server in-process")
 	fs.String(&c.natsCreds, "nats-creds", "", "NATS credentials file")
+	fs.String(&c.natsCA, "nats-tls-ca", "", "CA bundle that signed the NATS servers' certificates (enables TLS)")
+	fs.String(&c.natsCert, "nats-tls-cert", "", "client certificate for NATS (PEM; with --nats-tls-key)")
+	fs.String(&c.natsKey, "nats-tls-key", "", "client private key for NATS (PEM)")
 	fs.String(&c.natsListen, "nats-listen", "127.0.0.1:0", "embedded default: where the in-process nats-server listens")
 	fs.Int(&c.replicas, "stream-replicas", 1, "replicas of the JetStream streams and status bucket (3 on a 3-node cluster)")
 	fs.Duration(&c.ackWait, "ack-wait", 60*time.Second, "JetStream AckWait; running jobs send a heartbeat every third of it")
@@ -83,11 +107,16 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.s3SecretKey, "s3-secret-key", "", "S3 secret key")
 	fs.String(&c.s3Region, "s3-region", "", "S3 region")
 	fs.Bool(&c.s3TLS, "s3-tls", false, "use HTTPS for S3")
+	fs.String(&c.s3CA, "s3-tls-ca", "", "CA bundle for the S3 endpoint's certificate (implies --s3-tls)")
 	fs.String(&c.bucket, "bucket", "cinderport-staging", "staging bucket (created in the embedded default)")
 	fs.String(&c.cinderConfig, "cinder-config", "", "file with a [glance_store] section (glance_store's cinder option names)")
 	fs.String(&c.initiatorIQN, "initiator-iqn", "", "this host's iSCSI initiator name (default: generated once and kept in the journal)")
 	fs.String(&c.connector, "connector", "userspace", "how iSCSI volumes attach: userspace (built-in initiator, no privileges) or kernel (iscsiadm)")
-	fs.Int64(&c.checkpointEvery, "checkpoint-every", 256<<20, "bytes copied between durable upload checkpoints")
+	fs.Int64(&c.checkpointEvery, "checkpoint-every", 64<<20, "bytes copied between durable upload checkpoints (they do not stall the copy; a retry re-reads at most this much)")
+	fs.Duration(&c.reconcileEvery, "reconcile-every", 10*time.Minute, "how often leaked attachments and volumes are looked for (also once at start-up)")
+	fs.Duration(&c.reconcileGrace, "reconcile-grace", time.Hour, "a volume of a failed, cancelled or silent job is deleted only after this long")
+	fs.Bool(&c.reconcileDry, "reconcile-dry-run", false, "only log what the reconciler would detach and delete")
+	fs.Int64(&c.maxImageSize, "max-image-size", 0, "refuse uploads larger than this many bytes (0: the job format's limit, 64 TiB)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return c, errUsage
@@ -102,6 +131,17 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 		c.osCloud = "env"
 	}
 	return c, c.validate()
+}
+
+// downloadMethods lists --download-auth's methods.
+func (c config) downloadMethods() []string {
+	var out []string
+	for _, m := range strings.Split(c.downloadAuth, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // embeddedVolumes reports whether volumes are local files.
@@ -126,6 +166,29 @@ func (c config) validate() error {
 	}
 	if (c.s3Endpoint == "") != (c.s3AccessKey == "" && c.s3SecretKey == "") {
 		errs = append(errs, errors.New("--s3-endpoint, --s3-access-key and --s3-secret-key go together"))
+	}
+	if (c.httpCert == "") != (c.httpKey == "") {
+		errs = append(errs, errors.New("--http-tls-cert and --http-tls-key go together"))
+	}
+	if (c.natsCert == "") != (c.natsKey == "") {
+		errs = append(errs, errors.New("--nats-tls-cert and --nats-tls-key go together"))
+	}
+	if c.reconcileEvery < time.Minute || c.reconcileGrace < time.Minute {
+		errs = append(errs, errors.New("--reconcile-every and --reconcile-grace must be at least 1m"))
+	}
+	if c.maxImageSize < 0 || c.maxImageSize > jobs.MaxImageSize {
+		errs = append(errs, fmt.Errorf("--max-image-size must be 0..%d", jobs.MaxImageSize))
+	}
+	for _, m := range c.downloadMethods() {
+		if m != "signed-url" && m != "keystone" {
+			errs = append(errs, fmt.Errorf("--download-auth: unknown method %q (want signed-url, keystone)", m))
+		}
+		if m == "keystone" && c.embeddedVolumes() {
+			errs = append(errs, errors.New("--download-auth keystone needs Keystone: set --cinder-config or OS_CLOUD/OS_AUTH_URL"))
+		}
+	}
+	if len(c.downloadMethods()) == 0 {
+		errs = append(errs, errors.New("--download-auth: name at least one method; downloads are never unauthenticated"))
 	}
 	if c.checkpointEvery < 1<<20 {
 		errs = append(errs, fmt.Errorf("--checkpoint-every must be at least 1 MiB"))

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -18,6 +19,7 @@ import (
 	"github.com/cinderport/cinderport/jobs"
 	"github.com/cinderport/cinderport/jobs/httpapi"
 	"github.com/cinderport/cinderport/jobs/queue"
+	"github.com/cinderport/cinderport/metrics"
 	"github.com/cinderport/cinderport/staging"
 	"github.com/cinderport/cinderport/state"
 )
@@ -78,17 +80,23 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
 
+	m := metrics.New()
+	volumes, connector, events := m.Volumes(deps.volumes), m.Connector(deps.connector), m.Events(q)
 	copier := &blockio.Copier{}
-	downloads := &jobs.Downloads{Volumes: deps.volumes, Connector: deps.connector, Copier: copier, Log: log}
+	downloads := &jobs.Downloads{Volumes: volumes, Connector: connector, Copier: copier, Log: log}
 	runner := &jobs.Runner{Evict: downloads.Evict,
-		Volumes: deps.volumes, Connector: deps.connector, Staging: deps.staging, Journal: journal,
-		Copier: copier, Events: q, Log: log,
-		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery},
+		Volumes: volumes, Connector: connector, Staging: deps.staging, Journal: journal,
+		Copier: copier, Events: events, Log: log,
+		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery, MaxImageSize: c.maxImageSize},
 	}
-	worker := &jobs.Worker{Runner: runner, Events: q, Log: log,
+	worker := &jobs.Worker{Runner: runner, Events: events, Log: log,
 		Config: jobs.WorkerConfig{Name: c.name, MaxAttempts: c.maxDeliver, Heartbeat: c.ackWait / 3}}
 
-	api := &httpapi.Server{Downloads: downloads, Log: log, Ready: func(ctx context.Context) error {
+	auth, err := downloadAuth(c)
+	if err != nil {
+		return err
+	}
+	api := &httpapi.Server{Downloads: downloads, Log: log, Auth: auth, Metrics: m.Handler(), Ready: func(ctx context.Context) error {
 		if !deps.nc.IsConnected() {
 			return errors.New("NATS is not connected")
 		}
@@ -104,10 +112,16 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("HTTP API: %w", err)
 	}
-	srv := &http.Server{Handler: api.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: m.HTTP(api.Handler(), httpapi.Route), ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes: 64 << 10, IdleTimeout: 2 * time.Minute}
 	httpDone := make(chan error, 1)
-	go func() { httpDone <- srv.Serve(ln) }()
 	httpURL := "http://" + ln.Addr().String()
+	if c.httpCert != "" {
+		httpURL = "https://" + ln.Addr().String()
+		go func() { httpDone <- srv.ServeTLS(ln, c.httpCert, c.httpKey) }()
+	} else {
+		go func() { httpDone <- srv.Serve(ln) }()
+	}
 
 	if deps.endpoints != nil {
 		ep := *deps.endpoints
@@ -120,15 +134,45 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	log.Info().Str("zone", c.zone).Int("concurrency", c.slots).Str("http", httpURL).
 		Bool("embedded", deps.endpoints != nil).Msg("worker ready")
 
+	running := newRunningSet()
+	reconciler := &jobs.Reconciler{Volumes: volumes, Journal: journal, Statuses: q, Log: log.With().Str("component", "reconciler").Logger(),
+		Store: storeTag(c), Running: running.has, Grace: c.reconcileGrace, DryRun: c.reconcileDry}
+	rctx, rcancel := context.WithTimeout(ctx, 2*time.Minute)
+	if _, err := reconciler.Run(rctx); err != nil {
+		log.Warn().Err(err).Msg("start-up reconciliation")
+	}
+	rcancel()
+
 	// Jobs run under their own context: a shutdown first stops taking jobs
 	// and gives running ones the grace period, then interrupts them.
 	jobCtx, interrupt := context.WithCancel(context.WithoutCancel(ctx))
 	defer interrupt()
 	advisories := make(chan error, 1)
 	go func() { advisories <- q.WatchMaxDeliveries(jobCtx) }()
+	reconciled := make(chan struct{})
+	go func() {
+		defer close(reconciled)
+		t := time.NewTicker(c.reconcileEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-jobCtx.Done():
+				return
+			case <-t.C:
+				if _, err := reconciler.Run(jobCtx); err != nil && jobCtx.Err() == nil {
+					log.Warn().Err(err).Msg("reconciliation")
+				}
+			}
+		}
+	}()
 	consumeDone := make(chan error, 1)
 	go func() {
-		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) { worker.Handle(jobCtx, d) })
+		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) {
+			d, done := m.Delivery(d)
+			defer done()
+			defer running.add(d.Data())()
+			worker.Handle(jobCtx, d)
+		})
 	}()
 
 	var consumeErr error
@@ -147,6 +191,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	}
 	interrupt()
 	<-advisories
+	<-reconciled
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -160,3 +205,70 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 }
 
 var _ jobs.Staging = (*staging.Client)(nil)
+
+// downloadAuth builds the download API's authenticator from
+// --download-auth: never none.
+func downloadAuth(c config) (httpapi.Authenticator, error) {
+	var methods httpapi.AnyOf
+	for _, method := range c.downloadMethods() {
+		switch method {
+		case "signed-url":
+			var keys [][]byte
+			var err error
+			if c.downloadKeyFile != "" {
+				keys, err = httpapi.LoadKeys(c.downloadKeyFile)
+			} else {
+				keys, err = httpapi.EnsureKeyFile(filepath.Join(c.dataDir, "download.key"))
+			}
+			if err != nil {
+				return nil, err
+			}
+			methods = append(methods, httpapi.SignedURLs{Keys: keys})
+		default:
+			return nil, fmt.Errorf("--download-auth %s: not available in this build", method)
+		}
+	}
+	return methods, nil
+}
+
+// storeTag is the store name this worker's volumes carry (MetaStore).
+func storeTag(c config) string {
+	if c.store != "" {
+		return c.store
+	}
+	return "default"
+}
+
+// runningSet is the ids of the jobs running on this worker, for the
+// reconciler.
+type runningSet struct {
+	mu  sync.Mutex
+	ids map[string]int
+}
+
+func newRunningSet() *runningSet { return &runningSet{ids: map[string]int{}} }
+
+// add records the job in data as running and returns the function that
+// forgets it.
+func (r *runningSet) add(data []byte) func() {
+	j, err := jobs.Decode(data)
+	if err != nil {
+		return func() {}
+	}
+	r.mu.Lock()
+	r.ids[j.ID]++
+	r.mu.Unlock()
+	return func() {
+		r.mu.Lock()
+		if r.ids[j.ID]--; r.ids[j.ID] <= 0 {
+			delete(r.ids, j.ID)
+		}
+		r.mu.Unlock()
+	}
+}
+
+func (r *runningSet) has(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.ids[id] > 0
+}

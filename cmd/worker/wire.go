@@ -52,14 +52,16 @@ func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Jour
 		d.endpoints = &embedded.Endpoints{NATSURL: natsURL}
 		log.Info().Str("url", natsURL).Msg("embedded nats-server started")
 	}
-	nc, err := queue.Connect(ctx, natsURL, queue.ConnectOptions{Name: "cinderport-worker-" + c.name, CredsFile: c.natsCreds})
+	nc, err := queue.Connect(ctx, natsURL, queue.ConnectOptions{Name: "cinderport-worker-" + c.name, CredsFile: c.natsCreds,
+		RootCAs: c.natsCA, CertFile: c.natsCert, KeyFile: c.natsKey})
 	if err != nil {
 		return d, fmt.Errorf("connect to NATS: %w", err)
 	}
 	*cleanups = append(*cleanups, nc.Close)
 	d.nc = nc
 
-	s3 := staging.Config{Endpoint: c.s3Endpoint, AccessKey: c.s3AccessKey, SecretKey: c.s3SecretKey, Region: c.s3Region, Secure: c.s3TLS}
+	s3 := staging.Config{Endpoint: c.s3Endpoint, AccessKey: c.s3AccessKey, SecretKey: c.s3SecretKey, Region: c.s3Region,
+		Secure: c.s3TLS || c.s3CA != "", CAFile: c.s3CA}
 	if c.s3Endpoint == "" {
 		s3.AccessKey, s3.SecretKey = "cinderport-"+s3local.RandomKey(8), s3local.RandomKey(40)
 		srv, err := s3local.New(filepath.Join(c.dataDir, "staging"), s3.AccessKey, s3.SecretKey, log.With().Str("component", "s3local").Logger())
@@ -91,7 +93,7 @@ func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Jour
 	if !c.embeddedVolumes() {
 		return d, errors.New("OpenStack credentials are set, but this build has no Cinder adapter yet: unset OS_CLOUD/OS_AUTH_URL and --cinder-config to use local volumes")
 	}
-	vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{})
+	vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{Host: c.name})
 	if err != nil {
 		return d, err
 	}

@@ -1,6 +1,7 @@
 // Package httpapi is the worker's HTTP interface: health and readiness
-// probes, and image downloads streamed from volumes (exactly image_size
-// bytes, single-range requests, hash headers).
+// probes, metrics, and image downloads streamed from volumes (exactly
+// image_size bytes, single-range requests, hash headers). Downloads are
+// always authenticated: by a signed URL or a Keystone token.
 package httpapi
 
 import (
@@ -30,7 +31,11 @@ type Server struct {
 	// Ready reports whether the worker can take work (NATS, S3 and the
 	// volume service reachable); nil means always ready.
 	Ready func(ctx context.Context) error
-	Log   zerolog.Logger
+	// Auth decides who may download; nil refuses every download.
+	Auth Authenticator
+	// Metrics, when set, is served on /metrics.
+	Metrics http.Handler
+	Log     zerolog.Logger
 }
 
 // Handler returns the API's routes.
@@ -40,7 +45,47 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /readyz", s.readyz)
 	mux.HandleFunc("GET /v1/images/{volume_id}", s.image)
 	mux.HandleFunc("HEAD /v1/images/{volume_id}", s.image)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+	}
 	return mux
+}
+
+// Route names the API route of r, for bounded metric labels.
+func Route(r *http.Request) string {
+	switch p := r.URL.Path; {
+	case strings.HasPrefix(p, "/v1/images/"):
+		return "image"
+	case p == "/healthz", p == "/readyz", p == "/metrics":
+		return p[1:]
+	default:
+		return "other"
+	}
+}
+
+// authenticate answers the request itself and returns false when it may
+// not download volumeID.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request, log zerolog.Logger, volumeID string) bool {
+	if s.Auth == nil {
+		http.Error(w, "downloads are not enabled on this worker", http.StatusForbidden)
+		return false
+	}
+	err := s.Auth.Authenticate(r, volumeID)
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, ErrNoCredentials), errors.Is(err, ErrUnauthenticated), errors.Is(err, ErrForbidden):
+		log.Info().Str("remote", r.RemoteAddr).Str("reason", err.Error()).Msg("download refused")
+		if authStatus(err) == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Cinderport realm="downloads"`)
+		}
+		http.Error(w, err.Error(), authStatus(err))
+	default: // the token service could not answer
+		log.Warn().Err(err).Msg("download authentication unavailable")
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "authentication service unavailable", http.StatusServiceUnavailable)
+	}
+	return false
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -61,6 +106,9 @@ func ImagePath(volumeID string) string { return "/v1/images/" + volumeID }
 func (s *Server) image(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("volume_id")
 	log := s.Log.With().Str("volume_id", id).Logger()
+	if !s.authenticate(w, r, log, id) {
+		return
+	}
 	info, err := s.Downloads.Stat(r.Context(), id)
 	if err != nil {
 		s.fail(w, log, err)

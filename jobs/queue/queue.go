@@ -26,13 +26,22 @@ const (
 	eventsPrefix = "cinderport.events."
 )
 
+// maxStoredMessage is the largest job message the stream takes: NATS's
+// default max_payload. Jobs are limited to jobs.MaxMessageBytes, but an
+// oversized message must reach a worker to be dead-lettered with its reason
+// rather than only fail at its producer.
+const maxStoredMessage = 1 << 20
+
 // Headers on dead letters.
 const (
-	HeaderReason   = "Cinderport-Reason"
-	HeaderJobID    = "Cinderport-Job-Id"
-	HeaderAttempts = "Cinderport-Attempts"
-	HeaderSubject  = "Cinderport-Subject"
-	HeaderTime     = "Cinderport-Time"
+	// HeaderTruncated carries the original size of a message too large to
+	// keep whole in the dead letters (its first jobs.MaxMessageBytes are).
+	HeaderTruncated = "Cinderport-Truncated"
+	HeaderReason    = "Cinderport-Reason"
+	HeaderJobID     = "Cinderport-Job-Id"
+	HeaderAttempts  = "Cinderport-Attempts"
+	HeaderSubject   = "Cinderport-Subject"
+	HeaderTime      = "Cinderport-Time"
 )
 
 // Config configures the streams and consumers.
@@ -144,7 +153,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	q.jobs, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name: JobsStream, Subjects: []string{jobsPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
 		Storage: jetstream.FileStorage, Duplicates: cfg.Duplicates, Replicas: cfg.Replicas,
-		MaxMsgSize: jobs.MaxMessageBytes, Discard: jetstream.DiscardOld,
+		MaxMsgSize: maxStoredMessage, Discard: jetstream.DiscardOld,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", JobsStream, err)
@@ -384,6 +393,10 @@ func (q *Queue) deadLetter(ctx context.Context, subject string, data []byte, ori
 	rest := strings.TrimPrefix(subject, jobsPrefix)
 	msg := nats.NewMsg(deadPrefix + rest)
 	msg.Data = data
+	if len(data) > jobs.MaxMessageBytes {
+		msg.Data = data[:jobs.MaxMessageBytes]
+		msg.Header.Set(HeaderTruncated, strconv.Itoa(len(data)))
+	}
 	if j, err := jobs.Decode(data); err == nil {
 		msg.Header.Set(HeaderJobID, j.ID)
 	} else if id := looseID(data); id != "" {

@@ -55,7 +55,7 @@ func TestComposeFilesResolve(t *testing.T) {
 		{"compose.cluster.yaml", []string{"nats-1", "nats-2", "nats-3"}, 3},
 	} {
 		t.Run(tc.file, func(t *testing.T) {
-			p, err := load(t, tc.file, []string{"MINIO_ROOT_PASSWORD=secret-for-test"})
+			p, err := load(t, tc.file, []string{"MINIO_ROOT_PASSWORD=secret-for-test", "CINDERPORT_DOWNLOAD_KEY=" + strings.Repeat("ab", 32)})
 			if err != nil {
 				t.Fatalf("load: %v", err)
 			}
@@ -108,6 +108,11 @@ func TestComposeFilesResolve(t *testing.T) {
 					if strings.HasPrefix(k, "CINDERPORT_") && !known[k] {
 						t.Errorf("%s sets %s, which the worker does not read", name, k)
 					}
+				}
+				if len(s.Secrets) != 1 || s.Secrets[0].Source != "download_key" {
+					t.Errorf("%s: secrets %v, want the shared download key", name, s.Secrets)
+				} else if sec, ok := p.Secrets["download_key"]; !ok || sec.Environment == "" {
+					t.Errorf("the download key secret is not declared from the environment: %+v", sec)
 				}
 			}
 			if workers != tc.workers {

@@ -4,6 +4,7 @@
 package natsembed
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -26,6 +27,9 @@ type Options struct {
 	ClusterName string
 	ClusterPort int
 	Routes      []string
+	// TLS, when set, makes clients connect with TLS; with ClientCAs set it
+	// also verifies client certificates.
+	TLS *tls.Config
 }
 
 // Server is a running in-process nats-server.
@@ -44,6 +48,14 @@ func Start(o Options) (*Server, error) {
 	opts := &server.Options{
 		ServerName: o.Name, Host: o.Host, Port: o.Port, JetStream: true, StoreDir: o.Dir,
 		NoSigs: true, NoLog: true, MaxPayload: 1 << 20,
+	}
+	if o.TLS != nil {
+		cfg := o.TLS.Clone()
+		if cfg.ClientCAs != nil && cfg.ClientAuth == tls.NoClientCert {
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+		opts.TLS, opts.TLSConfig, opts.TLSVerify = true, cfg, cfg.ClientCAs != nil
+		opts.TLSTimeout = 5
 	}
 	if o.ClusterName != "" {
 		opts.Cluster = server.ClusterOpts{Name: o.ClusterName, Host: o.Host, Port: o.ClusterPort}

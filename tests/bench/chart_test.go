@@ -1,0 +1,69 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+)
+
+// chart draws throughput-over-time series as a self-contained SVG line chart.
+func chart(series map[string][]Tick) string {
+	const w, h, left, bottom, top, right = 860.0, 420.0, 70.0, 50.0, 40.0, 180.0
+	var maxT, maxY float64
+	names := make([]string, 0, len(series))
+	for name, ticks := range series {
+		names = append(names, name)
+		for _, t := range ticks {
+			maxT, maxY = math.Max(maxT, t.Seconds), math.Max(maxY, t.MBps)
+		}
+	}
+	sort.Strings(names)
+	if maxT == 0 || maxY == 0 {
+		maxT, maxY = 1, 1
+	}
+	maxY = niceCeil(maxY)
+	x := func(t float64) float64 { return left + (w-left-right)*t/maxT }
+	y := func(v float64) float64 { return h - bottom - (h-bottom-top)*v/maxY }
+	colors := []string{"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"}
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", w, h)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="22" font-size="15">Upload throughput over time (MB/s, 250 ms samples)</text>`+"\n", left)
+	for i := 0; i <= 5; i++ {
+		v := maxY * float64(i) / 5
+		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="end">%.0f</text>`+"\n",
+			left, w-right, y(v), y(v), left-6, y(v)+4, v)
+	}
+	for i := 0; i <= 5; i++ {
+		t := maxT * float64(i) / 5
+		fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" text-anchor="middle">%.1f s</text>`+"\n", x(t), h-bottom+18, t)
+	}
+	fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/><line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="black"/>`+"\n",
+		left, w-right, h-bottom, h-bottom, left, left, top, h-bottom)
+	for i, name := range names {
+		c := colors[i%len(colors)]
+		var pts []string
+		for _, t := range series[name] {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", x(t.Seconds), y(t.MBps)))
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`+"\n", c, strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<rect x="%.1f" y="%.1f" width="14" height="4" fill="%s"/><text x="%.1f" y="%.1f">%s</text>`+"\n",
+			w-right+12, top+float64(i)*20+6, c, w-right+32, top+float64(i)*20+12, escape(name))
+	}
+	b.WriteString("</svg>\n")
+	return b.String()
+}
+
+func niceCeil(v float64) float64 {
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*p >= v {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func escape(s string) string {
+	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;").Replace(s)
+}

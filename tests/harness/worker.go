@@ -1,0 +1,287 @@
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cinderport/cinderport/internal/embedded"
+)
+
+// BuildBinaries builds cmd/worker and cmd/enqueue into dir. Suites that run
+// workers as processes call it once from TestMain.
+func BuildBinaries(dir string) error {
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/cinderport/cinderport/cmd/worker", "github.com/cinderport/cinderport/cmd/enqueue")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("build worker and enqueue: %w", err)
+	}
+	return nil
+}
+
+// Worker is a bin/worker process run by a test.
+type Worker struct {
+	// DataDir is the worker's --data-dir.
+	DataDir string
+	// HTTPURL is its HTTP API.
+	HTTPURL string
+	// Endpoints are what an embedded worker wrote (zero when nothing runs
+	// embedded).
+	Endpoints embedded.Endpoints
+
+	t    testing.TB
+	bin  string
+	args []string
+	env  []string
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	log  bytes.Buffer
+}
+
+// WorkerOptions configure StartWorker.
+type WorkerOptions struct {
+	// BinDir holds the binaries (BuildBinaries).
+	BinDir string
+	// DataDir is reused when set (a restart); else a new temporary one.
+	DataDir string
+	// Args are extra worker flags.
+	Args []string
+	// Env adds variables (OS_CLOUD, …) to a clean environment.
+	Env []string
+}
+
+// StartWorker runs a worker with debug JSON logs on a free loopback port,
+// waits until its HTTP API answers (and, on the embedded default, until it
+// wrote its endpoints), and stops it at cleanup.
+func StartWorker(t testing.TB, o WorkerOptions) *Worker {
+	t.Helper()
+	if o.DataDir == "" {
+		o.DataDir = t.TempDir()
+	}
+	w := &Worker{t: t, DataDir: o.DataDir, bin: o.BinDir, env: append(CleanEnv(), o.Env...)}
+	addr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
+	w.HTTPURL = "http://" + addr
+	w.args = append([]string{"--data-dir", o.DataDir, "--http-addr", addr, "--log-format", "json", "--log-level", "debug"}, o.Args...)
+	t.Cleanup(func() {
+		w.Stop()
+		if t.Failed() {
+			t.Logf("worker %s log (tail):\n%s", o.DataDir, tail(w.Logs(), 60))
+		}
+	})
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// Start (re)starts the process with the same flags and data directory and
+// waits until it is up.
+func (w *Worker) Start() error {
+	os.Remove(filepath.Join(w.DataDir, embedded.EndpointsFile))
+	cmd := exec.Command(filepath.Join(w.bin, "worker"), w.args...)
+	cmd.Env = w.env
+	pr, pw := io.Pipe()
+	cmd.Stdout, cmd.Stderr = pw, pw
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.log.Write(sc.Bytes())
+			w.log.WriteByte('\n')
+			w.mu.Unlock()
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	go func() {
+		cmd.Wait()
+		pw.Close()
+		close(done)
+	}()
+	w.mu.Lock()
+	w.cmd, w.done = cmd, done
+	w.mu.Unlock()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case <-done:
+			return fmt.Errorf("worker exited at start-up:\n%s", tail(w.Logs(), 40))
+		case <-time.After(50 * time.Millisecond):
+		}
+		if w.up(cmd.Process.Pid) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("worker not up within 60 s:\n%s", tail(w.Logs(), 40))
+		}
+	}
+}
+
+func (w *Worker) up(pid int) bool {
+	resp, err := http.Get(w.HTTPURL + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false
+	}
+	ep, err := embedded.ReadEndpoints(w.DataDir)
+	if err == nil && ep.PID == pid {
+		w.Endpoints = ep
+		return true
+	}
+	// Nothing embedded: no endpoints file is written.
+	return !w.embedded()
+}
+
+// embedded reports whether any part runs in-process (no --nats-url or no
+// --s3-endpoint among the flags).
+func (w *Worker) embedded() bool {
+	has := func(flag string) bool {
+		for _, a := range w.args {
+			if a == flag || strings.HasPrefix(a, flag+"=") {
+				return true
+			}
+		}
+		return false
+	}
+	return !has("--nats-url") || !has("--s3-endpoint")
+}
+
+// Pid is the running process's id (0 when stopped).
+func (w *Worker) Pid() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd == nil || w.cmd.Process == nil {
+		return 0
+	}
+	return w.cmd.Process.Pid
+}
+
+// Logs returns everything the worker printed, over all its runs.
+func (w *Worker) Logs() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.log.String()
+}
+
+// Stop sends SIGTERM and waits; after 90 s it kills.
+func (w *Worker) Stop() {
+	w.mu.Lock()
+	cmd, done := w.cmd, w.done
+	w.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(90 * time.Second):
+		w.t.Errorf("worker did not stop within 90 s of SIGTERM")
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (w *Worker) Kill() {
+	w.mu.Lock()
+	cmd, done := w.cmd, w.done
+	w.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Kill()
+	<-done
+}
+
+// Signal sends sig to the running process.
+func (w *Worker) Signal(sig os.Signal) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.cmd == nil {
+		return fmt.Errorf("worker not running")
+	}
+	return w.cmd.Process.Signal(sig)
+}
+
+// PeakRSS is the running worker's VmHWM in bytes.
+func (w *Worker) PeakRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", w.Pid()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM in /proc status")
+}
+
+// Enqueue runs bin/enqueue with args (plus --data-dir and --progress
+// never) and returns stdout, stderr and the exit code.
+func (w *Worker) Enqueue(ctx context.Context, args ...string) (string, string, int) {
+	w.t.Helper()
+	all := append(append([]string{}, args...), "--data-dir", w.DataDir, "--progress", "never")
+	cmd := exec.CommandContext(ctx, filepath.Join(w.bin, "enqueue"), all...)
+	cmd.Env = w.env
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	code := 0
+	if err != nil {
+		ee, ok := err.(*exec.ExitError)
+		if !ok {
+			w.t.Fatalf("run enqueue %v: %v", args, err)
+		}
+		code = ee.ExitCode()
+	}
+	return stdout.String(), stderr.String(), code
+}
+
+// CleanEnv is the environment without CINDERPORT_ and OS_ variables that
+// could point the binaries elsewhere.
+func CleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "CINDERPORT_") || strings.HasPrefix(kv, "OS_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
