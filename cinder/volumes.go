@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
+	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/attachments"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/cinderport/cinderport/jobs"
@@ -27,7 +28,8 @@ const (
 func isErrorStatus(s string) bool { return s == "error" || strings.HasPrefix(s, "error_") }
 
 // toVolume converts a Cinder volume; the admin-metadata keys become
-// ReadOnly instead of metadata.
+// ReadOnly instead of metadata. Attachments are the completed ones Cinder's
+// volume view lists (see withAttachments for the others).
 func toVolume(v *volumes.Volume) jobs.Volume {
 	md := make(map[string]string, len(v.Metadata))
 	ro := false
@@ -40,8 +42,53 @@ func toVolume(v *volumes.Volume) jobs.Volume {
 			md[k] = x
 		}
 	}
-	return jobs.Volume{ID: v.ID, Name: v.Name, Status: v.Status, SizeGiB: v.Size, VolumeType: v.VolumeType,
-		Zone: v.AvailabilityZone, Multiattach: v.Multiattach, ReadOnly: ro, Metadata: md}
+	out := jobs.Volume{ID: v.ID, Name: v.Name, Status: v.Status, SizeGiB: v.Size, VolumeType: v.VolumeType,
+		Zone: v.AvailabilityZone, Multiattach: v.Multiattach, ReadOnly: ro, Metadata: md, Created: v.CreatedAt}
+	for _, a := range v.Attachments {
+		out.Attachments = append(out.Attachments, jobs.VolumeAttachment{ID: a.AttachmentID, Host: a.HostName})
+	}
+	return out
+}
+
+// attachmentListMicroversion lists attachments by volume.
+const attachmentListMicroversion = "3.27"
+
+// withAttachments converts v with all its attachments. Cinder's volume view
+// lists only completed attachments; one still reserved or attaching (a
+// worker crashed before connecting) keeps the volume busy all the same, so
+// a volume in a status that may hang on one is looked up in the
+// attachments API too. Hosts are known for completed attachments only.
+func (c *Client) withAttachments(ctx context.Context, v *volumes.Volume) (jobs.Volume, error) {
+	out := toVolume(v)
+	switch v.Status {
+	case "reserved", "attaching", "in-use", "detaching", "error_attaching", "error_detaching":
+	default:
+		if len(v.Attachments) == 0 {
+			return out, nil
+		}
+	}
+	if !c.supports(attachmentListMicroversion) {
+		return out, nil
+	}
+	pages, err := attachments.List(c.sc, attachments.ListOpts{VolumeID: v.ID}).AllPages(ctx)
+	if err != nil {
+		return jobs.Volume{}, classify("list attachments of volume "+v.ID, err)
+	}
+	all, err := attachments.ExtractAttachments(pages)
+	if err != nil {
+		return jobs.Volume{}, fmt.Errorf("list attachments of volume %s: %w", v.ID, err)
+	}
+	hosts := make(map[string]string, len(out.Attachments))
+	for _, a := range out.Attachments {
+		hosts[a.ID] = a.Host
+	}
+	out.Attachments = nil
+	for _, a := range all {
+		if a.VolumeID == v.ID && a.Status != "detached" && a.Status != "deleted" {
+			out.Attachments = append(out.Attachments, jobs.VolumeAttachment{ID: a.ID, Host: hosts[a.ID]})
+		}
+	}
+	return out, nil
 }
 
 // CreateVolume implements jobs.Volumes. The spec's volume type defaults to
@@ -70,7 +117,7 @@ func (c *Client) GetVolume(ctx context.Context, id string) (jobs.Volume, error) 
 	if err != nil {
 		return jobs.Volume{}, classify("get volume "+id, err)
 	}
-	return toVolume(v), nil
+	return c.withAttachments(ctx, v)
 }
 
 // metadataQuery lists volumes by metadata. Cinder evaluates the filter as
@@ -107,7 +154,11 @@ next:
 				continue next
 			}
 		}
-		out = append(out, toVolume(&all[i]))
+		v, err := c.withAttachments(ctx, &all[i])
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
 	}
 	return out, nil
 }
@@ -169,7 +220,10 @@ func (c *Client) WaitVolume(ctx context.Context, id string, want ...string) (job
 	if v == nil {
 		return jobs.Volume{}, err
 	}
-	return toVolume(v), err
+	if err != nil {
+		return toVolume(v), err
+	}
+	return c.withAttachments(ctx, v)
 }
 
 // ExtendVolume implements jobs.Volumes. A volume already at least sizeGiB

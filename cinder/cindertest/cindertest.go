@@ -95,7 +95,7 @@ func lifecycle(t *testing.T, v jobs.Volumes) {
 	vol := create(t, v, jobs.VolumeSpec{Name: "image-" + job, SizeGiB: 1,
 		Metadata: map[string]string{jobs.MetaJobID: job, "glance_image_id": job}})
 	if vol.Name != "image-"+job || vol.SizeGiB != 1 || vol.ReadOnly || vol.Status != "available" ||
-		vol.Metadata[jobs.MetaJobID] != job || len(vol.Metadata) != 2 {
+		vol.Metadata[jobs.MetaJobID] != job || len(vol.Metadata) != 2 || vol.Created.IsZero() || len(vol.Attachments) != 0 {
 		t.Fatalf("new volume: %+v", vol)
 	}
 	found, err := v.FindVolumes(ctx, map[string]string{jobs.MetaJobID: job})
@@ -157,6 +157,9 @@ func attachments(t *testing.T, v jobs.Volumes) {
 	if att.ID == "" || att.VolumeID != vol.ID || att.Mode != jobs.ReadWrite || att.Connection.Driver == "" {
 		t.Fatalf("attachment %+v", att)
 	}
+	// An attachment shows on its volume before it is complete: a worker
+	// that crashed then must find it to clean it up.
+	hasAttachment(t, v, vol.ID, att.ID)
 	for k, x := range att.Connection.Data {
 		if s, ok := x.(string); ok && len(s) > 3 && strings.Contains(att.Connection.String(), s) {
 			t.Errorf("the connection's string form shows %s", k)
@@ -175,6 +178,7 @@ func attachments(t *testing.T, v jobs.Volumes) {
 	if got, err := v.GetVolume(ctx, vol.ID); err != nil || got.Status != "in-use" {
 		t.Fatalf("after complete: %+v, %v", got, err)
 	}
+	hasAttachment(t, v, vol.ID, att.ID)
 	caps, err := v.Capabilities(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -193,8 +197,8 @@ func attachments(t *testing.T, v jobs.Volumes) {
 	if err := v.Detach(ctx, att.ID); err != nil {
 		t.Errorf("detach twice: %v", err)
 	}
-	if _, err := v.WaitVolume(ctx, vol.ID, "available"); err != nil {
-		t.Fatal(err)
+	if got, err := v.WaitVolume(ctx, vol.ID, "available"); err != nil || len(got.Attachments) != 0 {
+		t.Fatalf("after detach: %+v, %v", got, err)
 	}
 	ro, err := v.Attach(ctx, vol.ID, jobs.ReadOnly)
 	if err != nil {
@@ -213,4 +217,24 @@ func attachments(t *testing.T, v jobs.Volumes) {
 		t.Fatal(err)
 	}
 	gone(t, v, vol.ID)
+}
+
+// hasAttachment checks that the volume lists exactly the attachment, through
+// GetVolume and FindVolumes.
+func hasAttachment(t *testing.T, v jobs.Volumes, volumeID, attachmentID string) {
+	t.Helper()
+	ctx := context5m(t)
+	got, err := v.GetVolume(ctx, volumeID)
+	if err != nil || len(got.Attachments) != 1 || got.Attachments[0].ID != attachmentID {
+		t.Fatalf("volume %s: attachments %+v (%v), want just %s", volumeID, got.Attachments, err, attachmentID)
+	}
+	all, err := v.FindVolumes(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range all {
+		if f.ID == volumeID && (len(f.Attachments) != 1 || f.Attachments[0].ID != attachmentID) {
+			t.Fatalf("listed volume %s: attachments %+v, want just %s", volumeID, f.Attachments, attachmentID)
+		}
+	}
 }

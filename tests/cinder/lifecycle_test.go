@@ -130,8 +130,9 @@ func TestVolumeLifecycle(t *testing.T) {
 	if err := c.CompleteAttachment(ctx, att.ID); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := c.GetVolume(ctx, id); v.Status != "in-use" {
-		t.Errorf("status %q after complete, want in-use", v.Status)
+	v, err = c.GetVolume(ctx, id)
+	if err != nil || v.Status != "in-use" || len(v.Attachments) != 1 || v.Attachments[0].Host != c.Connector().Host {
+		t.Errorf("after complete: %+v, %v; want in-use, attached to %s", v, err, c.Connector().Host)
 	}
 	if err := dev.Close(); err != nil {
 		t.Error(err)
