@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -163,5 +164,45 @@ func TestRefusedCredentials(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), cfg.Password) {
 		t.Fatalf("the error shows the password: %v", err)
+	}
+}
+
+// TestValidateToken asks the real Keystone about tokens presented to a
+// worker: valid ones come back with their roles, revoked and forged ones as
+// ErrInvalidToken.
+func TestValidateToken(t *testing.T) {
+	l := labFor(t)
+	c := newClient(t, labConfig(l))
+	ctx := ctxFor(t)
+	svc, svcProject, err := l.Token(ctx, l.User, l.Password, l.Project)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.ValidateToken(ctx, svc)
+	if err != nil {
+		t.Fatalf("the service user's token: %v", err)
+	}
+	if info.ProjectID != svcProject || !slices.Contains(info.Roles, "admin") || info.ExpiresAt.IsZero() {
+		t.Errorf("service token: %+v, want project %s and the admin role", info, svcProject)
+	}
+	p := l.CreateProject(t, fmt.Sprintf("tok-%d", rand.Uint32()))
+	member, _, err := l.Token(ctx, p.User, p.Password, p.Name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info, err := c.ValidateToken(ctx, member); err != nil || slices.Contains(info.Roles, "admin") || !slices.Contains(info.Roles, "member") {
+		t.Errorf("a member's token: %+v, %v", info, err)
+	}
+	l.RevokeToken(t, member)
+	if _, err := c.ValidateToken(ctx, member); !errors.Is(err, cinder.ErrInvalidToken) {
+		t.Errorf("a revoked token: %v, want ErrInvalidToken", err)
+	}
+	forged := "gAAAAA" + strings.Repeat("x", 180)
+	_, err = c.ValidateToken(ctx, forged)
+	if !errors.Is(err, cinder.ErrInvalidToken) {
+		t.Errorf("a forged token: %v, want ErrInvalidToken", err)
+	}
+	if err != nil && strings.Contains(err.Error(), forged[:20]) {
+		t.Error("the error shows the token")
 	}
 }
