@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/cinderport/cinderport/internal/embedded"
@@ -42,6 +43,8 @@ type config struct {
 	connector    string
 
 	checkpointEvery int64
+
+	watchPrefix, watchSubject, watchARN string
 }
 
 const usageHead = `Usage: worker [flags]
@@ -88,6 +91,9 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.initiatorIQN, "initiator-iqn", "", "this host's iSCSI initiator name (default: generated once and kept in the journal)")
 	fs.String(&c.connector, "connector", "userspace", "how iSCSI volumes attach: userspace (built-in initiator, no privileges) or kernel (iscsiadm)")
 	fs.Int64(&c.checkpointEvery, "checkpoint-every", 256<<20, "bytes copied between durable upload checkpoints")
+	fs.String(&c.watchPrefix, "watch-prefix", "", "run the notification bridge: objects created under this prefix of --bucket become upload jobs (e.g. incoming/)")
+	fs.String(&c.watchSubject, "watch-subject", "cinderport.s3.events", "with --watch-prefix: the NATS subject the S3 server publishes bucket notifications on")
+	fs.String(&c.watchARN, "watch-arn", "", "with --watch-prefix: make --bucket notify this S3 target of created objects (MinIO: arn:minio:sqs::<ID>:nats)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return c, errUsage
@@ -126,6 +132,12 @@ func (c config) validate() error {
 	}
 	if (c.s3Endpoint == "") != (c.s3AccessKey == "" && c.s3SecretKey == "") {
 		errs = append(errs, errors.New("--s3-endpoint, --s3-access-key and --s3-secret-key go together"))
+	}
+	if c.watchPrefix == "" && c.watchARN != "" {
+		errs = append(errs, errors.New("--watch-arn needs --watch-prefix"))
+	}
+	if strings.HasPrefix(c.watchPrefix, "/") || strings.ContainsAny(c.watchSubject, " \t*>") || c.watchSubject == "" {
+		errs = append(errs, fmt.Errorf("--watch-prefix must not start with / and --watch-subject must be a plain subject"))
 	}
 	if c.checkpointEvery < 1<<20 {
 		errs = append(errs, fmt.Errorf("--checkpoint-every must be at least 1 MiB"))

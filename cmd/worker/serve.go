@@ -73,7 +73,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver})
+	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver, Worker: c.name})
 	if err != nil {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
@@ -130,6 +130,12 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	go func() {
 		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) { worker.Handle(jobCtx, d) })
 	}()
+	bridgeDone := make(chan error, 1)
+	if c.watchPrefix != "" {
+		go func() { bridgeDone <- runBridge(ctx, c, q, deps.staging, log) }()
+	} else {
+		bridgeDone <- nil
+	}
 
 	var consumeErr error
 	select {
@@ -147,6 +153,9 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	}
 	interrupt()
 	<-advisories
+	if err := <-bridgeDone; err != nil {
+		log.Error().Err(err).Msg("notification bridge")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
