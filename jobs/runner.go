@@ -130,7 +130,9 @@ func (r *Runner) Run(ctx context.Context, job Job, attempt int) (Result, error) 
 }
 
 // Abandon cleans up after a job that will not be retried (attempts
-// exhausted, or cancelled): it detaches and deletes what the job created.
+// exhausted, or cancelled): it detaches and deletes what the job created,
+// and records the outcome. It returns an error only when the cleanup
+// failed.
 // An upload this worker never ran may still have left a volume behind on
 // another worker's attempt: it is found by the job id in its metadata.
 func (r *Runner) Abandon(ctx context.Context, job Job, reason error) error {
@@ -148,7 +150,12 @@ func (r *Runner) Abandon(ctx context.Context, job Job, reason error) error {
 	if !errors.Is(reason, ErrCancelled) {
 		reason = Permanent(reason)
 	}
-	return x.finish(ctx, Result{}, reason)
+	// finish returns the reason itself; only an upload volume that is
+	// still there is Abandon's failure.
+	if err := x.finish(ctx, Result{}, reason); x.job.Kind == KindUpload && x.rec.VolumeID != "" {
+		return err
+	}
+	return nil
 }
 
 // adoptLeftovers takes over the unfinished volumes other attempts of the
