@@ -333,11 +333,20 @@ func (q *Queue) Watch(ctx context.Context, jobID string, fn func(jobs.Event) boo
 // every running handler returned. Handlers get a context that ctx does not
 // cancel: the caller decides how running jobs drain.
 func (q *Queue) Consume(ctx context.Context, zone string, slots int, handle func(context.Context, jobs.Delivery)) error {
-	cons, err := q.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: "cinderport-" + zone, FilterSubject: jobsPrefix + "*." + zone,
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: q.cfg.AckWait, MaxDeliver: q.cfg.MaxDeliver,
-		MaxAckPending: max(q.cfg.MaxAckPending, slots), DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	var cons jetstream.Consumer
+	var err error
+	// A cluster that just lost a node answers once it elected new leaders:
+	// a request that timed out is repeated.
+	for attempt := 0; ; attempt++ {
+		cons, err = q.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable: "cinderport-" + zone, FilterSubject: jobsPrefix + "*." + zone,
+			AckPolicy: jetstream.AckExplicitPolicy, AckWait: q.cfg.AckWait, MaxDeliver: q.cfg.MaxDeliver,
+			MaxAckPending: max(q.cfg.MaxAckPending, slots), DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || attempt == 5 {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("consumer for zone %s: %w", zone, err)
 	}
