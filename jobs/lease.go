@@ -29,8 +29,9 @@ type Fenced interface {
 	//     delivery (whose ack was lost), that result: report it, do not run;
 	//   - the lease and an error wrapping ErrCancelled when the job was
 	//     cancelled before it ran: clean up, then finish the lease;
-	//   - an error wrapping ErrConflict (and no lease) when another delivery
-	//     of the same job holds a live lease: hand this one back for later;
+	//   - an error wrapping ErrConflict (and no lease) when another message
+	//     of the same job holds a live lease: that one speaks for the job,
+	//     this one is a redundant copy;
 	//   - any other error when the queue could not be reached.
 	// A non-nil lease must be closed.
 	Claim(ctx context.Context, jobID string, stop context.CancelCauseFunc) (Lease, *Result, error)

@@ -91,10 +91,12 @@ func (w *Worker) Handle(ctx context.Context, d Delivery) {
 		}
 		switch {
 		case errors.Is(err, ErrConflict):
-			delay := max(cfg.Backoff(d.Attempt()), 3*cfg.Heartbeat)
-			log.Info().Err(err).Dur("retry_in", delay).Msg("another delivery of the job is running: handing this one back")
-			if err := d.Retry(ack, delay); err != nil {
-				log.Error().Err(err).Msg("hand back job")
+			// The message that holds the live lease is still queued: it
+			// is finished, retried or dead-lettered on its own, so this
+			// copy of the job is redundant.
+			log.Info().Err(err).Msg("another message of the job is running: dropping this duplicate")
+			if err := d.Ack(ack); err != nil {
+				log.Error().Err(err).Msg("ack duplicate job")
 			}
 			return
 		case errors.Is(err, ErrCancelled):
