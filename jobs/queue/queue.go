@@ -202,7 +202,7 @@ type EnqueueResult struct {
 	// published within the de-duplication window, or the job id is known
 	// already (it has a status past queued: running, retrying or ended).
 	Duplicate bool
-	// Status is the job's status when it was a duplicate.
+	// Status is the job's status when its job id was known already.
 	Status *jobs.Event
 }
 
