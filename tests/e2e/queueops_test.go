@@ -154,6 +154,11 @@ func TestCancelStopsARunningUploadAndDropsAQueuedOne(t *testing.T) {
 	if _, stderr, code := w.enqueue(ctx, "upload", "--file", big.path, "--job-id", "cancel-big"); code != 0 {
 		t.Fatalf("upload: exit %d: %s", code, stderr)
 	}
+	watched := make(chan string, 1)
+	go func() {
+		out, _, _ := w.enqueue(ctx, "watch", "cancel-big")
+		watched <- out
+	}()
 	ev := waitFor(t, q, "cancel-big", 2*time.Minute, "progress", func(ev jobs.Event) bool {
 		return ev.State == jobs.StateProgress && ev.Bytes > 0 || ev.State.Terminal()
 	})
@@ -185,6 +190,10 @@ func TestCancelStopsARunningUploadAndDropsAQueuedOne(t *testing.T) {
 	}
 	if ev, _ := q.Status(ctx, "cancel-big"); ev.State != jobs.StateCancelled || ev.Error == "" {
 		t.Errorf("status after cancel: %+v", ev)
+	}
+	// watch followed the job's progress to its end.
+	if out := <-watched; !strings.Contains(out, "progress  step=copying") || lineWith(out, "cancelled") == "" {
+		t.Errorf("watch of the cancelled upload:\n%s", out)
 	}
 	if ev := waitFor(t, q, "cancel-queued", time.Minute, "end", terminal); ev.State != jobs.StateCancelled {
 		t.Errorf("the job cancelled while queued ended %s", ev.State)
