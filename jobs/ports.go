@@ -199,7 +199,7 @@ type Record struct {
 	SizeGiB      int         `json:"size_gib,omitempty"`
 	Checkpoint   *Checkpoint `json:"checkpoint,omitempty"`
 	Result       *Result     `json:"result,omitempty"`
-	Outcome      string      `json:"outcome,omitempty"` // "", completed, failed, cancelled
+	Outcome      string      `json:"outcome,omitempty"` // "", completed, failed, cancelled, lost (to another worker)
 	Error        string      `json:"error,omitempty"`
 	Updated      time.Time   `json:"updated"`
 	// Rev is the record's revision in the journal; Save succeeds only if it

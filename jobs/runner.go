@@ -27,6 +27,9 @@ const (
 	MetaChecksum   = "cinderport_checksum"
 	MetaHashAlgo   = "cinderport_os_hash_algo"
 	MetaHashValue  = "cinderport_os_hash_value"
+	// MetaLease holds the token of the lease under which the volume was
+	// last created or adopted (see Lease.Token).
+	MetaLease = "cinderport_lease"
 )
 
 // RunnerConfig tunes the runner.
@@ -134,18 +137,58 @@ func (r *Runner) Run(ctx context.Context, job Job, attempt int) (Result, error) 
 	default:
 		err = Permanentf("unknown job kind %q", job.Kind)
 	}
-	return res, x.finish(ctx, res, err)
+	return res, x.finish(ctx, res, stopCause(ctx, err))
 }
 
 // Abandon cleans up after a job that will not be retried (attempts
-// exhausted, or cancelled): it detaches and deletes what the job created.
+// exhausted, or cancelled): it detaches and deletes what the job created,
+// and records the outcome. It returns an error only when the cleanup
+// failed.
+// An upload this worker never ran may still have left a volume behind on
+// another worker's attempt: it is found by the job id in its metadata.
 func (r *Runner) Abandon(ctx context.Context, job Job, reason error) error {
+	job.Normalize()
 	x := &run{Runner: r, cfg: r.Config.withDefaults(), job: job}
 	x.log = r.Log.With().Str("job_id", job.ID).Logger()
 	if err := x.load(ctx); err != nil {
 		return err
 	}
-	return x.finish(ctx, Result{}, Permanent(reason))
+	if job.Kind == KindUpload && x.rec.VolumeID == "" {
+		if err := x.adoptLeftovers(ctx); err != nil {
+			return err
+		}
+	}
+	if !errors.Is(reason, ErrCancelled) {
+		reason = Permanent(reason)
+	}
+	// finish returns the reason itself; only an upload volume that is
+	// still there is Abandon's failure.
+	if err := x.finish(ctx, Result{}, reason); x.job.Kind == KindUpload && x.rec.VolumeID != "" {
+		return err
+	}
+	return nil
+}
+
+// adoptLeftovers takes over the unfinished volumes other attempts of the
+// job left, so that finish deletes them; a finished (read-only) one is an
+// image and stays.
+func (x *run) adoptLeftovers(ctx context.Context) error {
+	found, err := x.Volumes.FindVolumes(ctx, map[string]string{MetaJobID: x.job.ID})
+	if err != nil {
+		return fmt.Errorf("find volumes of job %s: %w", x.job.ID, err)
+	}
+	for _, v := range found {
+		switch {
+		case v.ReadOnly:
+		case x.rec.VolumeID == "":
+			x.rec.VolumeID = v.ID
+		default:
+			if err := x.Volumes.DeleteVolume(ctx, v.ID); err != nil {
+				return fmt.Errorf("delete volume %s of abandoned job %s: %w", v.ID, x.job.ID, err)
+			}
+		}
+	}
+	return nil
 }
 
 func (x *run) load(ctx context.Context) error {
@@ -184,7 +227,7 @@ func (x *run) step(ctx context.Context, s Step) error {
 
 // event publishes a running/progress event; progress events are throttled.
 func (x *run) event(ctx context.Context, st State, bytes int64, force bool) {
-	if x.Events == nil {
+	if x.Events == nil || !x.owned(ctx) {
 		return
 	}
 	now := time.Now()
@@ -205,6 +248,17 @@ func (x *run) event(ctx context.Context, st State, bytes int64, force bool) {
 	}
 }
 
+// owned reports whether this run may still speak for its job: a run that
+// lost its lease publishes nothing, since the job's status belongs to the
+// new owner.
+func (x *run) owned(ctx context.Context) bool {
+	if errors.Is(context.Cause(ctx), ErrLeaseLost) {
+		return false
+	}
+	l := leaseFrom(ctx)
+	return l == nil || l.Valid()
+}
+
 // finish records the outcome. On a permanent error it first cleans up
 // everything the job made; on a retryable one it releases the attachment
 // (the next attempt attaches again) but keeps the volume and checkpoint.
@@ -212,10 +266,16 @@ func (x *run) finish(ctx context.Context, res Result, err error) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
 	x.closeDevice()
-	if derr := x.detach(cctx); derr != nil && err == nil {
-		err = derr
+	if derr := x.detach(cctx); derr != nil {
+		if err == nil {
+			err = derr
+		} else {
+			x.log.Error().Err(derr).Msg("detach")
+		}
 	}
 	switch {
+	case errors.Is(err, ErrLeaseLost):
+		x.handOver(cctx, leaseFrom(ctx))
 	case err == nil:
 		x.rec.Step, x.rec.Outcome, x.rec.Result, x.rec.Error = StepDone, "completed", &res, ""
 	case IsPermanent(err) || errors.Is(err, ErrCancelled):
@@ -245,6 +305,44 @@ func (x *run) finish(ctx context.Context, res Result, err error) error {
 		err = serr
 	}
 	return err
+}
+
+// handOver leaves the job to the delivery that took it over. By now this
+// run wrote nothing irreversible: every such step (metadata, read-only flag,
+// result, ack) waits for a successful Hold, and the loss stopped the copy.
+// What it may have done between resuming and noticing is harmless: its
+// writes went through its own attachment, which a non-multiattach volume
+// allows only one of, so a new owner that adopted the volume either still
+// waited to attach (and then rewrites every byte from offset 0 and flushes
+// after its last write) or works on a volume of its own; its events were
+// dropped (owned). The attachment is gone (finish detached it first).
+//
+// The volume is deleted only while it still carries this run's lease token
+// and is not read-only: an adopter stamps its own token before using a
+// volume, and a finished image is made read-only under the lease, so such a
+// volume is nobody's work and nobody's result — on a volume service private
+// to this worker (the local files of the embedded default) the new owner
+// made its own and this one would leak. An adopter racing this check finds
+// the volume gone and creates a new one: wasted work, never a lost image.
+func (x *run) handOver(ctx context.Context, l Lease) {
+	x.log.Warn().Str("volume_id", x.rec.VolumeID).Msg("lost the job's lease: leaving it to its new owner")
+	if id := x.rec.VolumeID; id != "" && l != nil && x.job.Kind == KindUpload {
+		v, err := x.Volumes.GetVolume(ctx, id)
+		switch {
+		case errors.Is(err, ErrNotFound):
+		case err != nil:
+			x.log.Error().Err(err).Str("volume_id", id).Msg("look up the volume of a lost job")
+		case v.Metadata[MetaLease] == l.Token() && !v.ReadOnly:
+			if err := x.Volumes.DeleteVolume(ctx, id); err != nil {
+				x.log.Error().Err(err).Str("volume_id", id).Msg("delete the volume of a lost job")
+			} else {
+				x.log.Info().Str("volume_id", id).Msg("deleted the volume nobody adopted")
+			}
+		default:
+			x.log.Info().Str("volume_id", id).Msg("the volume was adopted: leaving it")
+		}
+	}
+	x.rec.VolumeID, x.rec.Checkpoint, x.rec.Outcome, x.rec.Error = "", nil, "lost", ErrLeaseLost.Error()
 }
 
 func (x *run) closeDevice() {
@@ -326,8 +424,13 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	if want == 0 && (x.cfg.TrustStagedSize == nil || *x.cfg.TrustStagedSize) {
 		want = info.Size
 	}
-	if err := x.ensureVolume(ctx, want); err != nil {
+	prior, err := x.ensureVolume(ctx, want)
+	if err != nil {
 		return Result{}, err
+	}
+	if prior != nil {
+		x.log.Info().Str("volume_id", prior.VolumeID).Msg("an earlier attempt finished the image: reporting its result")
+		return *prior, nil
 	}
 	log := x.log.With().Str("volume_id", x.rec.VolumeID).Logger()
 	if err := x.step(ctx, StepAttaching); err != nil {
@@ -408,13 +511,24 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 		MetaHashAlgo:  dg.HashAlgo,
 		MetaHashValue: dg.HashValue,
 	}
+	// From here on every step is visible to others and cannot be undone:
+	// each waits until the lease is confirmed still ours.
+	if err := hold(ctx); err != nil {
+		return Result{}, err
+	}
 	if err := x.Volumes.SetMetadata(ctx, x.rec.VolumeID, md); err != nil {
 		return Result{}, fmt.Errorf("set metadata of volume %s: %w", x.rec.VolumeID, err)
+	}
+	if err := hold(ctx); err != nil {
+		return Result{}, err
 	}
 	if err := x.Volumes.SetReadOnly(ctx, x.rec.VolumeID, true); err != nil {
 		return Result{}, fmt.Errorf("set volume %s read-only: %w", x.rec.VolumeID, err)
 	}
 	if x.job.DeleteSource {
+		if err := hold(ctx); err != nil {
+			return Result{}, err
+		}
 		if err := x.Staging.Delete(ctx, src); err != nil {
 			log.Warn().Err(err).Msg("delete staged object")
 		}
@@ -441,63 +555,109 @@ func (x *run) verify(dg Digest) error {
 
 // ensureVolume finds the volume this job already made — in the journal, or
 // by its metadata in the volume service (a redelivery to another worker) —
-// or creates it, journaling its id before anything else happens to it.
-func (x *run) ensureVolume(ctx context.Context, size int64) error {
+// or creates it, journaling its id before anything else happens to it. A
+// volume an earlier attempt finished (read-only, with the image's size and
+// hashes) means the job is done: its result is returned instead.
+func (x *run) ensureVolume(ctx context.Context, size int64) (*Result, error) {
 	if x.rec.VolumeID != "" {
 		v, err := x.Volumes.GetVolume(ctx, x.rec.VolumeID)
 		switch {
 		case err == nil && !isErrorStatus(v.Status):
-			return nil
+			if res, ok := x.finished(v); ok {
+				return &res, nil
+			}
+			return nil, x.stamp(ctx, v)
 		case err == nil:
-			return x.replaceBroken(ctx, v)
+			return nil, x.replaceBroken(ctx, v)
 		case errors.Is(err, ErrNotFound):
 			x.log.Warn().Str("volume_id", x.rec.VolumeID).Msg("journaled volume is gone: creating a new one")
 			x.rec.VolumeID, x.rec.Checkpoint = "", nil
 		default:
-			return fmt.Errorf("look up volume %s: %w", x.rec.VolumeID, err)
+			return nil, fmt.Errorf("look up volume %s: %w", x.rec.VolumeID, err)
 		}
 	}
 	found, err := x.Volumes.FindVolumes(ctx, map[string]string{MetaJobID: x.job.ID})
 	if err != nil {
-		return fmt.Errorf("find volumes of job %s: %w", x.job.ID, err)
+		return nil, fmt.Errorf("find volumes of job %s: %w", x.job.ID, err)
 	}
+	for _, v := range found {
+		if res, ok := x.finished(v); ok {
+			return &res, nil
+		}
+	}
+	var adopted Volume
 	for _, v := range found {
 		if isErrorStatus(v.Status) {
 			if err := x.Volumes.DeleteVolume(ctx, v.ID); err != nil {
-				return fmt.Errorf("delete broken volume %s: %w", v.ID, err)
+				return nil, fmt.Errorf("delete broken volume %s: %w", v.ID, err)
 			}
 			continue
 		}
 		if x.rec.VolumeID == "" {
 			x.log.Info().Str("volume_id", v.ID).Msg("adopting the volume an earlier attempt created")
 			x.rec.VolumeID, x.rec.SizeGiB, x.rec.Checkpoint = v.ID, v.SizeGiB, nil
+			adopted = v
 			continue
 		}
 		// More than one healthy volume for one job cannot happen through
 		// this runner; keep the first and remove the rest.
 		if err := x.Volumes.DeleteVolume(ctx, v.ID); err != nil {
-			return fmt.Errorf("delete duplicate volume %s: %w", v.ID, err)
+			return nil, fmt.Errorf("delete duplicate volume %s: %w", v.ID, err)
 		}
 	}
 	if x.rec.VolumeID != "" {
-		return x.save(ctx)
+		if err := x.save(ctx); err != nil {
+			return nil, err
+		}
+		return nil, x.stamp(ctx, adopted)
 	}
 	if err := x.step(ctx, StepCreating); err != nil {
-		return err
+		return nil, err
 	}
 	md := map[string]string{MetaJobID: x.job.ID, MetaImageID: x.job.ImageID, MetaStore: x.storeTag()}
 	if x.job.Owner != "" {
 		md[MetaImageOwner] = x.job.Owner
 	}
+	if l := leaseFrom(ctx); l != nil {
+		md[MetaLease] = l.Token()
+	}
 	v, err := x.Volumes.CreateVolume(ctx, VolumeSpec{
 		Name: "image-" + x.job.ImageID, SizeGiB: sizeGiB(size), VolumeType: x.job.VolumeType, Zone: x.volumeZone(), Metadata: md,
 	})
 	if err != nil {
-		return fmt.Errorf("create volume for image %s: %w", x.job.ImageID, err)
+		return nil, fmt.Errorf("create volume for image %s: %w", x.job.ImageID, err)
 	}
 	x.rec.VolumeID, x.rec.SizeGiB, x.rec.Checkpoint = v.ID, v.SizeGiB, nil
 	x.log.Info().Str("volume_id", v.ID).Int("size_gib", v.SizeGiB).Msg("created volume")
-	return x.save(ctx)
+	return nil, x.save(ctx)
+}
+
+// stamp marks v as worked on under this run's lease, before anything is
+// written to it: a worker that held the job before and lost it then knows
+// that the volume was adopted and is not its to delete.
+func (x *run) stamp(ctx context.Context, v Volume) error {
+	l := leaseFrom(ctx)
+	if l == nil || v.Metadata[MetaLease] == l.Token() {
+		return nil
+	}
+	if err := x.Volumes.SetMetadata(ctx, v.ID, map[string]string{MetaLease: l.Token()}); err != nil {
+		return fmt.Errorf("stamp volume %s with this attempt's lease: %w", v.ID, err)
+	}
+	return nil
+}
+
+// finished returns the result an earlier attempt left on v when it got as
+// far as making v read-only, which it does only after a verified copy and
+// after recording the image's size and hashes: the job is done, and only
+// its acknowledgement was lost.
+func (x *run) finished(v Volume) (Result, bool) {
+	md := v.Metadata
+	size, err := strconv.ParseInt(md[MetaImageSize], 10, 64)
+	if !v.ReadOnly || isErrorStatus(v.Status) || err != nil || md[MetaChecksum] == "" || md[MetaHashValue] == "" {
+		return Result{}, false
+	}
+	return Result{Location: x.location(v.ID), VolumeID: v.ID, Size: size,
+		Checksum: md[MetaChecksum], OSHashAlgo: md[MetaHashAlgo], OSHashValue: md[MetaHashValue]}, true
 }
 
 // volumeZone is the availability zone for the volume: the job's zone names
@@ -700,6 +860,9 @@ func (x *run) delete(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 	if err := x.step(ctx, StepCleanup); err != nil {
+		return Result{}, err
+	}
+	if err := hold(ctx); err != nil {
 		return Result{}, err
 	}
 	if x.Evict != nil {

@@ -128,10 +128,25 @@ func (m *Metrics) Delivery(d jobs.Delivery) (jobs.Delivery, func()) {
 	}
 	t := &trackedDelivery{Delivery: d, m: m, kind: kind, start: time.Now(), settled: "none"}
 	m.inFlight.WithLabelValues(kind).Inc()
-	return t, func() {
+	done := func() {
 		m.inFlight.WithLabelValues(kind).Dec()
 		m.duration.WithLabelValues(kind, t.settled).Observe(time.Since(t.start).Seconds())
 	}
+	// The worker finds fencing by asserting jobs.Fenced: keep it visible.
+	if f, ok := d.(jobs.Fenced); ok {
+		return fencedDelivery{trackedDelivery: t, f: f}, done
+	}
+	return t, done
+}
+
+// fencedDelivery is a trackedDelivery whose queue fences job ownership.
+type fencedDelivery struct {
+	*trackedDelivery
+	f jobs.Fenced
+}
+
+func (f fencedDelivery) Claim(ctx context.Context, jobID string, stop context.CancelCauseFunc) (jobs.Lease, *jobs.Result, error) {
+	return f.f.Claim(ctx, jobID, stop)
 }
 
 type trackedDelivery struct {

@@ -105,15 +105,20 @@ func (c *cli) upload(ctx context.Context, args []string) int {
 		return c.fail("%v", err)
 	}
 	start := time.Now()
+	if err := c.connect(ctx); err != nil {
+		return c.fail("%v", err)
+	}
+	defer c.close()
+	// A job id that already ran is reported before anything is staged: its
+	// staged object may be in use.
+	if ev, err := c.q.Status(ctx, o.job.ID); err == nil && ev.State != jobs.StateQueued {
+		return c.duplicate(ctx, o.job, &ev, o.wait, start)
+	}
 	if o.file != "" {
 		if err := c.stageFile(ctx, &o); err != nil {
 			return c.fail("%v", err)
 		}
 	}
-	if err := c.connect(ctx); err != nil {
-		return c.fail("%v", err)
-	}
-	defer c.close()
 	return c.enqueueAndWait(ctx, o.job, o.wait, start)
 }
 
@@ -192,14 +197,9 @@ func (c *cli) enqueueAndWait(ctx context.Context, job jobs.Job, wait bool, start
 		return c.fail("enqueue job %s: %v", job.ID, err)
 	}
 	if res.Duplicate {
-		fmt.Fprintf(c.stderr, "enqueue: job %s is a duplicate: it was enqueued before (within the de-duplication window), nothing new was queued\n", job.ID)
-		if !wait {
-			if c.output == "json" {
-				c.printJSON(map[string]any{"job_id": job.ID, "duplicate": true})
-			}
-			return exitDuplicate
-		}
-	} else if !wait {
+		return c.duplicate(ctx, job, res.Status, wait, start)
+	}
+	if !wait {
 		if c.output == "json" {
 			c.printJSON(map[string]any{"job_id": job.ID, "image_id": job.ImageID, "kind": job.Kind, "seq": res.Seq})
 		} else {
@@ -211,7 +211,33 @@ func (c *cli) enqueueAndWait(ctx context.Context, job jobs.Job, wait bool, start
 	if err != nil {
 		return c.fail("%v", err)
 	}
-	return c.report(job, ev, time.Since(start), res.Duplicate)
+	return c.report(job, ev, time.Since(start), false)
+}
+
+// duplicate reports a job id that was enqueued before — within the
+// de-duplication window, or known by its status (st) — and with wait
+// follows that job. The exit status is exitDuplicate unless the job failed.
+func (c *cli) duplicate(ctx context.Context, job jobs.Job, st *jobs.Event, wait bool, start time.Time) int {
+	if st != nil {
+		fmt.Fprintf(c.stderr, "enqueue: job %s is a duplicate: it exists already (%s), nothing new was queued\n", job.ID, st.State)
+	} else {
+		fmt.Fprintf(c.stderr, "enqueue: job %s is a duplicate: it was enqueued before (within the de-duplication window), nothing new was queued\n", job.ID)
+	}
+	if !wait {
+		if c.output == "json" {
+			out := map[string]any{"job_id": job.ID, "duplicate": true}
+			if st != nil {
+				out["state"] = st.State
+			}
+			c.printJSON(out)
+		}
+		return exitDuplicate
+	}
+	ev, err := c.follow(ctx, job.ID, string(job.Kind))
+	if err != nil {
+		return c.fail("%v", err)
+	}
+	return c.report(job, ev, time.Since(start), true)
 }
 
 func (c *cli) report(job jobs.Job, ev jobs.Event, took time.Duration, duplicate bool) int {
@@ -332,6 +358,9 @@ func (c *cli) printEvent(ev jobs.Event) {
 	}
 	if ev.Bytes > 0 || ev.Total > 0 {
 		line += fmt.Sprintf(" %s/%s", human(ev.Bytes), human(ev.Total))
+		if ev.Total > 0 && !ev.State.Terminal() {
+			line += fmt.Sprintf(" (%.1f%%)", 100*float64(ev.Bytes)/float64(ev.Total))
+		}
 	}
 	if ev.Rate > 0 {
 		line += fmt.Sprintf(" %s/s", human(int64(ev.Rate)))
@@ -381,11 +410,11 @@ func (c *cli) watch(ctx context.Context, args []string) int {
 
 func (c *cli) dead(ctx context.Context, args []string) int {
 	if len(args) == 0 || (args[0] != "list" && args[0] != "replay") {
-		fmt.Fprintln(c.stderr, "enqueue dead: list | replay SEQ | replay --all")
+		fmt.Fprintln(c.stderr, "enqueue dead: list | replay JOB_ID|SEQ | replay --all")
 		return exitUsage
 	}
 	var all bool
-	fa := &flagsWithArgs{Set: c.flags("dead "+args[0], "dead list | dead replay SEQ|--all [flags]")}
+	fa := &flagsWithArgs{Set: c.flags("dead "+args[0], "dead list | dead replay JOB_ID|SEQ|--all [flags]")}
 	if args[0] == "replay" {
 		fa.BoolVar(&all, "all", false, "replay every dead letter")
 	}
@@ -410,29 +439,41 @@ func (c *cli) dead(ctx context.Context, args []string) int {
 		}
 		return exitOK
 	}
-	var seqs []uint64
-	if all {
-		for _, d := range dls {
-			seqs = append(seqs, d.Seq)
-		}
-	} else {
+	if !all {
 		if fa.NArg() != 1 {
-			fmt.Fprintln(c.stderr, "enqueue dead replay: give one SEQ (from dead list) or --all")
+			fmt.Fprintln(c.stderr, "enqueue dead replay: give one JOB_ID or SEQ (from dead list), or --all")
 			return exitUsage
 		}
-		n, err := strconv.ParseUint(fa.Arg(0), 10, 64)
-		if err != nil {
-			fmt.Fprintf(c.stderr, "enqueue dead replay: %q is not a sequence number\n", fa.Arg(0))
-			return exitUsage
-		}
-		seqs = append(seqs, n)
+		return c.replayOne(ctx, fa.Arg(0))
 	}
-	for _, s := range seqs {
-		if err := c.q.Replay(ctx, s); err != nil {
-			return c.fail("replay dead letter %d: %v", s, err)
+	for _, d := range dls {
+		if err := c.q.Replay(ctx, d.Seq); err != nil {
+			return c.fail("replay dead letter %d: %v", d.Seq, err)
 		}
-		fmt.Fprintf(c.stdout, "replayed dead letter %d\n", s)
+		fmt.Fprintf(c.stdout, "replayed dead letter %d (job %s)\n", d.Seq, d.JobID)
 	}
+	return exitOK
+}
+
+// replayOne replays the dead letter of a job id, or the dead letter with
+// that sequence number.
+func (c *cli) replayOne(ctx context.Context, arg string) int {
+	seq, err := c.q.ReplayJob(ctx, arg)
+	if errors.Is(err, jobs.ErrNotFound) {
+		n, perr := strconv.ParseUint(arg, 10, 64)
+		if perr != nil {
+			return c.fail("no dead letter of job %s", arg)
+		}
+		if err := c.q.Replay(ctx, n); err != nil {
+			return c.fail("replay dead letter %d: %v", n, err)
+		}
+		fmt.Fprintf(c.stdout, "replayed dead letter %d\n", n)
+		return exitOK
+	}
+	if err != nil {
+		return c.fail("replay job %s: %v", arg, err)
+	}
+	fmt.Fprintf(c.stdout, "replayed dead letter %d (job %s)\n", seq, arg)
 	return exitOK
 }
 

@@ -40,6 +40,7 @@ func run(ctx context.Context, args, env []string, stdin io.Reader, stdout, stder
 		"delete":   c.delete,
 		"status":   c.status,
 		"watch":    c.watch,
+		"cancel":   c.cancel,
 		"dead":     c.dead,
 		"demo":     c.demo,
 		"probe":    c.probe,
@@ -63,7 +64,8 @@ Usage:
   enqueue delete   VOLUME_ID [--wait]               delete an image volume of this store
   enqueue status   JOB_ID                           the job's latest state
   enqueue watch    JOB_ID                           follow a job until it ends
-  enqueue dead list | replay SEQ|--all              dead-lettered jobs, and putting them back
+  enqueue cancel   JOB_ID [--wait=false]            stop a running job (cleaned up), or drop a queued one
+  enqueue dead list | replay JOB_ID|SEQ|--all       dead-lettered jobs (reason, attempts), and putting them back
   enqueue demo     [--size 256MiB]                  upload a generated image, download it, verify it
   enqueue probe    URL                              exit 0 if URL answers 200 (container health checks)
 

@@ -58,6 +58,8 @@ type config struct {
 	downloadKeyFile string
 	downloadAuth    string
 	downloadRoles   string
+
+	watchPrefix, watchSubject, watchARN string
 }
 
 const usageHead = `Usage: worker [flags]
@@ -117,6 +119,9 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.Duration(&c.reconcileGrace, "reconcile-grace", time.Hour, "a volume of a failed, cancelled or silent job is deleted only after this long")
 	fs.Bool(&c.reconcileDry, "reconcile-dry-run", false, "only log what the reconciler would detach and delete")
 	fs.Int64(&c.maxImageSize, "max-image-size", 0, "refuse uploads larger than this many bytes (0: the job format's limit, 64 TiB)")
+	fs.String(&c.watchPrefix, "watch-prefix", "", "run the notification bridge: objects created under this prefix of --bucket become upload jobs (e.g. incoming/)")
+	fs.String(&c.watchSubject, "watch-subject", "cinderport.s3.events", "with --watch-prefix: the NATS subject the S3 server publishes bucket notifications on")
+	fs.String(&c.watchARN, "watch-arn", "", "with --watch-prefix: make --bucket notify this S3 target of created objects (MinIO: arn:minio:sqs::<ID>:nats)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return c, errUsage
@@ -189,6 +194,12 @@ func (c config) validate() error {
 	}
 	if len(c.downloadMethods()) == 0 {
 		errs = append(errs, errors.New("--download-auth: name at least one method; downloads are never unauthenticated"))
+	}
+	if c.watchPrefix == "" && c.watchARN != "" {
+		errs = append(errs, errors.New("--watch-arn needs --watch-prefix"))
+	}
+	if strings.HasPrefix(c.watchPrefix, "/") || strings.ContainsAny(c.watchSubject, " \t*>") || c.watchSubject == "" {
+		errs = append(errs, fmt.Errorf("--watch-prefix must not start with / and --watch-subject must be a plain subject"))
 	}
 	if c.checkpointEvery < 1<<20 {
 		errs = append(errs, fmt.Errorf("--checkpoint-every must be at least 1 MiB"))

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -75,7 +74,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver})
+	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver, Worker: c.name})
 	if err != nil {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
@@ -134,9 +133,8 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	log.Info().Str("zone", c.zone).Int("concurrency", c.slots).Str("http", httpURL).
 		Bool("embedded", deps.endpoints != nil).Msg("worker ready")
 
-	running := newRunningSet()
 	reconciler := &jobs.Reconciler{Volumes: volumes, Journal: journal, Statuses: q, Log: log.With().Str("component", "reconciler").Logger(),
-		Store: storeTag(c), Running: running.has, Grace: c.reconcileGrace, DryRun: c.reconcileDry}
+		Store: storeTag(c), Running: q.Running, Grace: c.reconcileGrace, DryRun: c.reconcileDry}
 	rctx, rcancel := context.WithTimeout(ctx, 2*time.Minute)
 	if _, err := reconciler.Run(rctx); err != nil {
 		log.Warn().Err(err).Msg("start-up reconciliation")
@@ -170,10 +168,15 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		consumeDone <- q.Consume(ctx, c.zone, c.slots, func(_ context.Context, d jobs.Delivery) {
 			d, done := m.Delivery(d)
 			defer done()
-			defer running.add(d.Data())()
 			worker.Handle(jobCtx, d)
 		})
 	}()
+	bridgeDone := make(chan error, 1)
+	if c.watchPrefix != "" {
+		go func() { bridgeDone <- runBridge(ctx, c, q, deps.staging, log) }()
+	} else {
+		bridgeDone <- nil
+	}
 
 	var consumeErr error
 	select {
@@ -192,6 +195,9 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	interrupt()
 	<-advisories
 	<-reconciled
+	if err := <-bridgeDone; err != nil {
+		log.Error().Err(err).Msg("notification bridge")
+	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
@@ -237,38 +243,4 @@ func storeTag(c config) string {
 		return c.store
 	}
 	return "default"
-}
-
-// runningSet is the ids of the jobs running on this worker, for the
-// reconciler.
-type runningSet struct {
-	mu  sync.Mutex
-	ids map[string]int
-}
-
-func newRunningSet() *runningSet { return &runningSet{ids: map[string]int{}} }
-
-// add records the job in data as running and returns the function that
-// forgets it.
-func (r *runningSet) add(data []byte) func() {
-	j, err := jobs.Decode(data)
-	if err != nil {
-		return func() {}
-	}
-	r.mu.Lock()
-	r.ids[j.ID]++
-	r.mu.Unlock()
-	return func() {
-		r.mu.Lock()
-		if r.ids[j.ID]--; r.ids[j.ID] <= 0 {
-			delete(r.ids, j.ID)
-		}
-		r.mu.Unlock()
-	}
-}
-
-func (r *runningSet) has(id string) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.ids[id] > 0
 }

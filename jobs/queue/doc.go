@@ -4,6 +4,11 @@
 // consumer shared by all its workers. The latest status of every job is
 // kept in the KV bucket cinderport_status, events go out on
 // cinderport.events.<job-id>.<state>, and jobs that fail permanently or
-// exhaust their deliveries land on cinderport.dead.<kind>.<zone> in the
-// stream CINDERPORT_DEAD with the reason.
+// exhaust their deliveries (the server's announcements are kept in the
+// stream CINDERPORT_ADVISORIES until handled) land on
+// cinderport.dead.<kind>.<zone> in the stream CINDERPORT_DEAD with the
+// reason. The KV bucket cinderport_leases fences job ownership (one
+// delivery at a time may finish a job), cinderport_cancels carries the
+// operators' cancel requests, and the stream CINDERPORT_S3_EVENTS keeps
+// S3 bucket notifications until the bridge has turned them into jobs.
 package queue

@@ -18,12 +18,15 @@ import (
 
 // Names of the streams, bucket and subjects.
 const (
-	JobsStream   = "CINDERPORT_JOBS"
-	DeadStream   = "CINDERPORT_DEAD"
-	StatusBucket = "cinderport_status"
-	jobsPrefix   = "cinderport.jobs."
-	deadPrefix   = "cinderport.dead."
-	eventsPrefix = "cinderport.events."
+	JobsStream     = "CINDERPORT_JOBS"
+	DeadStream     = "CINDERPORT_DEAD"
+	AdvisoryStream = "CINDERPORT_ADVISORIES"
+	StatusBucket   = "cinderport_status"
+	jobsPrefix     = "cinderport.jobs."
+	deadPrefix     = "cinderport.dead."
+	eventsPrefix   = "cinderport.events."
+
+	maxDeliveriesPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
 )
 
 // maxStoredMessage is the largest job message the stream takes: NATS's
@@ -57,8 +60,11 @@ type Config struct {
 	MaxDeliver int
 	// MaxAckPending bounds the jobs in flight per zone (default 1024).
 	MaxAckPending int
-	// StatusTTL is how long job statuses are kept (default 7 days).
+	// StatusTTL is how long job statuses are kept (default 7 days); lease
+	// entries and cancel requests are kept as long.
 	StatusTTL time.Duration
+	// Worker names this process in the leases it takes (informational).
+	Worker string
 }
 
 func (c Config) withDefaults() Config {
@@ -127,12 +133,16 @@ func Connect(ctx context.Context, url string, o ConnectOptions) (*nats.Conn, err
 
 // Queue is an open job queue.
 type Queue struct {
-	nc     *nats.Conn
-	js     jetstream.JetStream
-	cfg    Config
-	jobs   jetstream.Stream
-	dead   jetstream.Stream
-	status jetstream.KeyValue
+	nc         *nats.Conn
+	js         jetstream.JetStream
+	cfg        Config
+	jobs       jetstream.Stream
+	dead       jetstream.Stream
+	advisories jetstream.Stream
+	status     jetstream.KeyValue
+	leases     jetstream.KeyValue
+	cancels    jetstream.KeyValue
+	runs       registry
 }
 
 var _ jobs.Events = (*Queue)(nil)
@@ -165,11 +175,26 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", DeadStream, err)
 	}
-	q.status, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket: StatusBucket, History: 1, TTL: cfg.StatusTTL, Replicas: cfg.Replicas, Storage: jetstream.FileStorage,
+	// The server announces a job that exhausted its deliveries once, on a
+	// plain subject: a stream keeps the announcements until a worker has
+	// moved the job to the dead letters, even when none runs at the time.
+	q.advisories, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name: AdvisoryStream, Subjects: []string{maxDeliveriesPrefix + JobsStream + ".*"}, Retention: jetstream.WorkQueuePolicy,
+		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, MaxAge: cfg.StatusTTL,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("bucket %s: %w", StatusBucket, err)
+		return nil, fmt.Errorf("stream %s: %w", AdvisoryStream, err)
+	}
+	for _, b := range []struct {
+		name string
+		kv   *jetstream.KeyValue
+	}{{StatusBucket, &q.status}, {LeaseBucket, &q.leases}, {CancelBucket, &q.cancels}} {
+		*b.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket: b.name, History: 1, TTL: cfg.StatusTTL, Replicas: cfg.Replicas, Storage: jetstream.FileStorage,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("bucket %s: %w", b.name, err)
+		}
 	}
 	return q, nil
 }
@@ -182,24 +207,53 @@ func Subject(kind jobs.Kind, zone string) string {
 // EnqueueResult reports an enqueue.
 type EnqueueResult struct {
 	Seq uint64
-	// Duplicate is true when the job id was enqueued within the
-	// de-duplication window: nothing new was queued.
+	// Duplicate is true when nothing new was queued: the message id was
+	// published within the de-duplication window, or the job id is known
+	// already (it has a status past queued: running, retrying or ended).
 	Duplicate bool
+	// Status is the job's status when its job id was known already.
+	Status *jobs.Event
 }
 
+// EnqueueOption configures Enqueue.
+type EnqueueOption func(*enqueueOptions)
+
+type enqueueOptions struct{ msgID string }
+
+// WithMsgID de-duplicates the job by id instead of by job id (the bridge of
+// bucket notifications uses bucket/key@version).
+func WithMsgID(id string) EnqueueOption { return func(o *enqueueOptions) { o.msgID = id } }
+
 // Enqueue validates and publishes a job, its id as Nats-Msg-Id, and
-// records it as queued (unless it has a status already).
-func (q *Queue) Enqueue(ctx context.Context, job jobs.Job) (EnqueueResult, error) {
+// records it as queued. A job id that already has a status past queued is a
+// duplicate: nothing is published, so a job is never run again because its
+// de-duplication window passed. A job still queued is published again (the
+// de-duplication window drops it if the first publish got through), so an
+// enqueue that failed between recording and publishing can be repeated.
+func (q *Queue) Enqueue(ctx context.Context, job jobs.Job, opts ...EnqueueOption) (EnqueueResult, error) {
+	o := enqueueOptions{msgID: job.ID}
+	for _, opt := range opts {
+		opt(&o)
+	}
 	job.Normalize()
 	data, err := jobs.Encode(job)
 	if err != nil {
 		return EnqueueResult{}, err
 	}
-	if _, err := q.status.Create(ctx, job.ID, q.mustJSON(jobs.Event{JobID: job.ID, Kind: job.Kind, State: jobs.StateQueued,
-		ImageID: job.ImageID, Total: job.Size, Time: time.Now().UTC()})); err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+	_, err = q.status.Create(ctx, job.ID, q.mustJSON(jobs.Event{JobID: job.ID, Kind: job.Kind, State: jobs.StateQueued,
+		ImageID: job.ImageID, Total: job.Size, Time: time.Now().UTC()}))
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		ev, serr := q.Status(ctx, job.ID)
+		if serr != nil && !errors.Is(serr, jobs.ErrNotFound) {
+			return EnqueueResult{}, serr
+		}
+		if serr == nil && ev.State != jobs.StateQueued {
+			return EnqueueResult{Duplicate: true, Status: &ev}, nil
+		}
+	} else if err != nil {
 		return EnqueueResult{}, fmt.Errorf("record status of job %s: %w", job.ID, err)
 	}
-	return q.EnqueueRaw(ctx, Subject(job.Kind, job.Zone), data, job.ID)
+	return q.EnqueueRaw(ctx, Subject(job.Kind, job.Zone), data, o.msgID)
 }
 
 // EnqueueRaw publishes data as a job on subject, unvalidated (tests use it
@@ -288,11 +342,20 @@ func (q *Queue) Watch(ctx context.Context, jobID string, fn func(jobs.Event) boo
 // every running handler returned. Handlers get a context that ctx does not
 // cancel: the caller decides how running jobs drain.
 func (q *Queue) Consume(ctx context.Context, zone string, slots int, handle func(context.Context, jobs.Delivery)) error {
-	cons, err := q.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable: "cinderport-" + zone, FilterSubject: jobsPrefix + "*." + zone,
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: q.cfg.AckWait, MaxDeliver: q.cfg.MaxDeliver,
-		MaxAckPending: max(q.cfg.MaxAckPending, slots), DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	var cons jetstream.Consumer
+	var err error
+	// A cluster that just lost a node answers once it elected new leaders:
+	// a request that timed out is repeated.
+	for attempt := 0; ; attempt++ {
+		cons, err = q.jobs.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable: "cinderport-" + zone, FilterSubject: jobsPrefix + "*." + zone,
+			AckPolicy: jetstream.AckExplicitPolicy, AckWait: q.cfg.AckWait, MaxDeliver: q.cfg.MaxDeliver,
+			MaxAckPending: max(q.cfg.MaxAckPending, slots), DeliverPolicy: jetstream.DeliverAllPolicy,
+		})
+		if err == nil || !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || attempt == 5 {
+			break
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("consumer for zone %s: %w", zone, err)
 	}
@@ -302,6 +365,17 @@ func (q *Queue) Consume(ctx context.Context, zone string, slots int, handle func
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// Cancel requests reach the running jobs until the last one returned;
+	// the watch is in place before the first job is taken.
+	wctx, stopWatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWatch()
+	cw, err := q.cancels.WatchAll(wctx, jetstream.UpdatesOnly(), jetstream.IgnoreDeletes())
+	if err != nil {
+		return fmt.Errorf("watch cancel requests: %w", err)
+	}
+	watchDone := make(chan struct{})
+	go func() { defer close(watchDone); q.dispatchCancels(wctx, cw) }()
+	defer func() { stopWatch(); <-watchDone }()
 	hctx := context.WithoutCancel(ctx)
 	for {
 		select {
@@ -324,7 +398,7 @@ func (q *Queue) Consume(ctx context.Context, zone string, slots int, handle func
 		go func() {
 			defer wg.Done()
 			defer func() { free <- struct{}{} }()
-			handle(hctx, &delivery{q: q, msg: msg})
+			handle(hctx, newDelivery(q, msg))
 		}()
 	}
 }
@@ -344,13 +418,38 @@ func (q *Queue) next(ctx context.Context, cons jetstream.Consumer) (jetstream.Ms
 	return nil, batch.Error()
 }
 
-// delivery is one job message: it satisfies jobs.Delivery.
+// delivery is one job message: it satisfies jobs.Delivery, and with its
+// lease (lease.go) jobs.Fenced and jobs.Lease.
 type delivery struct {
 	q   *Queue
 	msg jetstream.Msg
+	seq uint64 // stream sequence
+
+	// Set by Claim.
+	jobID  string
+	stop   context.CancelCauseFunc
+	token  string
+	closed chan struct{}
+
+	closeOnce  sync.Once
+	mu         sync.Mutex
+	rev        uint64
+	validUntil time.Time
+	lost       bool
 }
 
-var _ jobs.Delivery = (*delivery)(nil)
+var (
+	_ jobs.Fenced = (*delivery)(nil)
+	_ jobs.Lease  = (*delivery)(nil)
+)
+
+func newDelivery(q *Queue, msg jetstream.Msg) *delivery {
+	d := &delivery{q: q, msg: msg, closed: make(chan struct{})}
+	if md, err := msg.Metadata(); err == nil {
+		d.seq = md.Sequence.Stream
+	}
+	return d
+}
 
 func (d *delivery) Data() []byte { return d.msg.Data() }
 
@@ -362,7 +461,14 @@ func (d *delivery) Attempt() int {
 	return int(md.NumDelivered)
 }
 
-func (d *delivery) InProgress(ctx context.Context) error { return d.msg.InProgress() }
+// InProgress implements jobs.Delivery; once the job is claimed, it renews
+// the lease too (Hold).
+func (d *delivery) InProgress(ctx context.Context) error {
+	if d.stop != nil {
+		return d.Hold(ctx)
+	}
+	return d.msg.InProgress()
+}
 
 func (d *delivery) Ack(ctx context.Context) error { return d.msg.DoubleAck(ctx) }
 
@@ -437,41 +543,71 @@ func truncate(s string, n int) string {
 
 // WatchMaxDeliveries moves jobs that exhausted MaxDeliver (the worker that
 // had them died or hung on the last attempt) to the dead letters, until ctx
-// ends. Every worker may run it: the dead letter is de-duplicated by the
-// job's stream sequence.
+// ends. It reads the server's announcements from the stream
+// CINDERPORT_ADVISORIES through a durable consumer that every worker shares,
+// so an announcement made while no worker ran is handled by the next one;
+// the dead letter is de-duplicated by the job's stream sequence. The job's
+// lease is dropped, so that a worker still running it (hung, not dead)
+// stops at its next heartbeat instead of finishing it.
 func (q *Queue) WatchMaxDeliveries(ctx context.Context) error {
-	ch := make(chan *nats.Msg, 64)
-	sub, err := q.nc.ChanSubscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."+JobsStream+".*", ch)
+	cons, err := q.advisories.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable: "cinderport-max-deliveries", AckPolicy: jetstream.AckExplicitPolicy, AckWait: 30 * time.Second,
+		MaxDeliver: -1, DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer of %s: %w", AdvisoryStream, err)
+	}
+	for {
+		msg, err := q.next(ctx, cons)
+		if msg == nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(500 * time.Millisecond):
+				}
+			}
+			continue
+		}
+		if err := q.deadLetterExhausted(ctx, msg.Data()); err != nil {
+			msg.NakWithDelay(time.Second)
+			continue
+		}
+		msg.DoubleAck(ctx)
+	}
+}
+
+// deadLetterExhausted handles one max-deliveries announcement.
+func (q *Queue) deadLetterExhausted(ctx context.Context, data []byte) error {
+	var adv struct {
+		StreamSeq  uint64 `json:"stream_seq"`
+		Deliveries int    `json:"deliveries"`
+	}
+	if json.Unmarshal(data, &adv) != nil || adv.StreamSeq == 0 {
+		return nil // nothing to act on
+	}
+	raw, err := q.jobs.GetMsg(ctx, adv.StreamSeq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil // moved already, or acked after all
+	}
 	if err != nil {
 		return err
 	}
-	defer sub.Unsubscribe()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case m := <-ch:
-			var adv struct {
-				StreamSeq  uint64 `json:"stream_seq"`
-				Deliveries int    `json:"deliveries"`
-			}
-			if json.Unmarshal(m.Data, &adv) != nil || adv.StreamSeq == 0 {
-				continue
-			}
-			raw, err := q.jobs.GetMsg(ctx, adv.StreamSeq)
-			if err != nil {
-				continue // another worker moved it already
-			}
-			reason := fmt.Sprintf("exhausted %d deliveries: no worker finished it within its ack wait", adv.Deliveries)
-			if err := q.deadLetter(ctx, raw.Subject, raw.Data, raw.Header.Get(nats.MsgIdHdr), reason, adv.Deliveries, "dead-"+strconv.FormatUint(adv.StreamSeq, 10)); err != nil {
-				continue
-			}
-			q.jobs.DeleteMsg(ctx, adv.StreamSeq)
-			if id := looseID(raw.Data); id != "" {
-				q.Publish(ctx, jobs.Event{JobID: id, State: jobs.StateFailed, Error: reason, Time: time.Now().UTC()})
-			}
-		}
+	reason := fmt.Sprintf("exhausted %d deliveries: no worker finished it within its ack wait", adv.Deliveries)
+	if err := q.deadLetter(ctx, raw.Subject, raw.Data, raw.Header.Get(nats.MsgIdHdr), reason, adv.Deliveries, "dead-"+strconv.FormatUint(adv.StreamSeq, 10)); err != nil {
+		return err
 	}
+	if err := q.jobs.DeleteMsg(ctx, adv.StreamSeq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return err
+	}
+	// The job's status says failed unless another message of the same job
+	// holds its lease (and speaks for it).
+	if id := looseID(raw.Data); id != "" && q.dropLease(ctx, id, adv.StreamSeq) {
+		q.Publish(ctx, jobs.Event{JobID: id, State: jobs.StateFailed, Error: reason, Time: time.Now().UTC()})
+	}
+	return nil
 }
 
 // DeadLetter is a job on the dead-letter stream.
@@ -516,8 +652,13 @@ func toDeadLetter(m *jetstream.RawStreamMsg) DeadLetter {
 	return d
 }
 
-// Replay puts a dead letter back on the jobs stream (under a fresh message
-// id, so the de-duplication window does not drop it) and removes it.
+// Replay puts a dead letter back on the jobs stream and removes it. The job
+// keeps its id — the journals and the volume metadata key on it, so a
+// replayed upload adopts what an earlier attempt left — but is published
+// under the message id <job-id>-replay-<dead-letter-seq>: the de-duplication
+// window, which would drop the job id, lets it through, and still drops a
+// second replay of the same dead letter. Its lease and any cancel request
+// are cleared, so it starts afresh.
 func (q *Queue) Replay(ctx context.Context, seq uint64) error {
 	m, err := q.dead.GetMsg(ctx, seq)
 	if err != nil {
@@ -527,6 +668,14 @@ func (q *Queue) Replay(ctx context.Context, seq uint64) error {
 	if d.Subject == "" {
 		return fmt.Errorf("dead letter %d has no original subject", seq)
 	}
+	if d.JobID != "" {
+		if err := q.leases.Delete(ctx, d.JobID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("clear the lease of job %s: %w", d.JobID, err)
+		}
+		if err := q.cancels.Delete(ctx, d.JobID); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			return fmt.Errorf("clear the cancel request of job %s: %w", d.JobID, err)
+		}
+	}
 	if _, err := q.EnqueueRaw(ctx, d.Subject, d.Data, fmt.Sprintf("%s-replay-%d", d.JobID, seq)); err != nil {
 		return err
 	}
@@ -534,4 +683,33 @@ func (q *Queue) Replay(ctx context.Context, seq uint64) error {
 		q.Publish(ctx, jobs.Event{JobID: d.JobID, State: jobs.StateQueued, Time: time.Now().UTC()})
 	}
 	return q.dead.DeleteMsg(ctx, seq)
+}
+
+// ReplayJob replays the newest dead letter of the job and removes its older
+// ones. It returns the dead letter's sequence, or an error wrapping
+// jobs.ErrNotFound when the job has none.
+func (q *Queue) ReplayJob(ctx context.Context, jobID string) (uint64, error) {
+	dls, err := q.DeadLetters(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var mine []uint64
+	for _, d := range dls {
+		if d.JobID == jobID {
+			mine = append(mine, d.Seq)
+		}
+	}
+	if len(mine) == 0 {
+		return 0, fmt.Errorf("dead letter of job %s: %w", jobID, jobs.ErrNotFound)
+	}
+	newest := mine[len(mine)-1]
+	if err := q.Replay(ctx, newest); err != nil {
+		return 0, err
+	}
+	for _, seq := range mine[:len(mine)-1] {
+		if err := q.dead.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+			return newest, err
+		}
+	}
+	return newest, nil
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -50,13 +51,15 @@ type worker struct {
 	dataDir string
 	cmd     *exec.Cmd
 	ep      embedded.Endpoints
+	httpURL string
 	logMu   sync.Mutex
 	log     bytes.Buffer
 	done    chan struct{}
 }
 
 // startWorker runs bin/worker with a fresh data dir and extra flags, and
-// waits until it wrote its endpoints.
+// waits until it is ready (and, when any part of it is embedded, wrote its
+// endpoints).
 func startWorker(t *testing.T, dataDir string, args ...string) *worker {
 	t.Helper()
 	if dataDir == "" {
@@ -95,10 +98,18 @@ func startWorker(t *testing.T, dataDir string, args ...string) *worker {
 	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		ep, err := embedded.ReadEndpoints(dataDir)
-		if err == nil && ep.PID == w.cmd.Process.Pid {
-			w.ep = ep
-			return w
+		if line := lineWith(w.logs(), `"message":"worker ready"`); line != "" {
+			var ready struct {
+				HTTP     string `json:"http"`
+				Embedded bool   `json:"embedded"`
+			}
+			json.Unmarshal([]byte(line), &ready)
+			w.httpURL = ready.HTTP
+			ep, err := embedded.ReadEndpoints(dataDir)
+			if !ready.Embedded || err == nil && ep.PID == w.cmd.Process.Pid {
+				w.ep = ep
+				return w
+			}
 		}
 		select {
 		case <-w.done:
@@ -124,6 +135,7 @@ func (w *worker) stop() {
 		return
 	default:
 	}
+	w.cmd.Process.Signal(syscall.SIGCONT) // a test may have paused it
 	w.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-w.done:
