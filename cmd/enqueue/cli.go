@@ -120,7 +120,7 @@ func (c *cli) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", c.natsURL, err)
 	}
-	q, err := queue.Open(ctx, nc, queue.Config{})
+	q, err := queue.Open(ctx, nc, queue.Config{Existing: true})
 	if err != nil {
 		nc.Close()
 		return fmt.Errorf("open the job queue: %w", err)

@@ -65,6 +65,11 @@ type Config struct {
 	StatusTTL time.Duration
 	// Worker names this process in the leases it takes (informational).
 	Worker string
+	// Existing makes Open use the streams and buckets as the workers made
+	// them (their replicas and limits), creating only what is missing: what
+	// a client such as the enqueue CLI wants, so that it never reconfigures
+	// a deployment. Workers leave it false: they create and update.
+	Existing bool
 }
 
 func (c Config) withDefaults() Config {
@@ -160,7 +165,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	q := &Queue{nc: nc, js: js, cfg: cfg}
-	q.jobs, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	q.jobs, err = q.stream(ctx, jetstream.StreamConfig{
 		Name: JobsStream, Subjects: []string{jobsPrefix + ">"}, Retention: jetstream.WorkQueuePolicy,
 		Storage: jetstream.FileStorage, Duplicates: cfg.Duplicates, Replicas: cfg.Replicas,
 		MaxMsgSize: maxStoredMessage, Discard: jetstream.DiscardOld,
@@ -168,7 +173,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream %s: %w", JobsStream, err)
 	}
-	q.dead, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	q.dead, err = q.stream(ctx, jetstream.StreamConfig{
 		Name: DeadStream, Subjects: []string{deadPrefix + ">"}, Retention: jetstream.LimitsPolicy,
 		Storage: jetstream.FileStorage, Duplicates: cfg.Duplicates, Replicas: cfg.Replicas, MaxAge: 30 * 24 * time.Hour,
 	})
@@ -178,7 +183,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 	// The server announces a job that exhausted its deliveries once, on a
 	// plain subject: a stream keeps the announcements until a worker has
 	// moved the job to the dead letters, even when none runs at the time.
-	q.advisories, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	q.advisories, err = q.stream(ctx, jetstream.StreamConfig{
 		Name: AdvisoryStream, Subjects: []string{maxDeliveriesPrefix + JobsStream + ".*"}, Retention: jetstream.WorkQueuePolicy,
 		Storage: jetstream.FileStorage, Replicas: cfg.Replicas, MaxAge: cfg.StatusTTL,
 	})
@@ -189,7 +194,7 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		name string
 		kv   *jetstream.KeyValue
 	}{{StatusBucket, &q.status}, {LeaseBucket, &q.leases}, {CancelBucket, &q.cancels}} {
-		*b.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		*b.kv, err = q.bucket(ctx, jetstream.KeyValueConfig{
 			Bucket: b.name, History: 1, TTL: cfg.StatusTTL, Replicas: cfg.Replicas, Storage: jetstream.FileStorage,
 		})
 		if err != nil {
@@ -197,6 +202,39 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		}
 	}
 	return q, nil
+}
+
+// stream creates or updates a stream — or, for a client (Config.Existing),
+// uses it as it is and creates it only when it is missing.
+func (q *Queue) stream(ctx context.Context, sc jetstream.StreamConfig) (jetstream.Stream, error) {
+	if q.cfg.Existing {
+		s, err := q.js.Stream(ctx, sc.Name)
+		if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return s, err
+		}
+		s, err = q.js.CreateStream(ctx, sc)
+		if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) { // a worker made it meanwhile
+			return q.js.Stream(ctx, sc.Name)
+		}
+		return s, err
+	}
+	return q.js.CreateOrUpdateStream(ctx, sc)
+}
+
+// bucket is stream's counterpart for key-value buckets.
+func (q *Queue) bucket(ctx context.Context, kc jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if q.cfg.Existing {
+		kv, err := q.js.KeyValue(ctx, kc.Bucket)
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return kv, err
+		}
+		kv, err = q.js.CreateKeyValue(ctx, kc)
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			return q.js.KeyValue(ctx, kc.Bucket)
+		}
+		return kv, err
+	}
+	return q.js.CreateOrUpdateKeyValue(ctx, kc)
 }
 
 // Subject is a job's subject.

@@ -248,6 +248,20 @@ func TestClusterSurvivesANode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A client (the enqueue CLI) opening the queue must not scale the
+	// workers' replicated streams and buckets down to its defaults.
+	if _, err := Open(ctx, nc, Config{Existing: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{JobsStream, DeadStream, AdvisoryStream, "KV_" + StatusBucket, "KV_" + LeaseBucket, "KV_" + CancelBucket} {
+		s, err := q.js.Stream(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info, err := s.Info(ctx); err != nil || info.Config.Replicas != 3 {
+			t.Fatalf("%s after a client opened the queue: %v replicas (%v), want 3", name, info.Config.Replicas, err)
+		}
+	}
 	q.Enqueue(ctx, deleteJob("before"))
 	c.Servers[0].Shutdown()
 	c.Servers[0] = nil

@@ -122,7 +122,7 @@ func BenchmarkQueue(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer nc.Close()
-	q, err := queue.Open(ctx, nc, queue.Config{})
+	q, err := queue.Open(ctx, nc, queue.Config{Existing: true})
 	if err != nil {
 		b.Fatal(err)
 	}

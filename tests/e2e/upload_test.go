@@ -76,7 +76,7 @@ func TestBadJobsAreDeadLetteredAndTheWorkerGoesOn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	q, err := queue.Open(ctx, nc, queue.Config{})
+	q, err := queue.Open(ctx, nc, queue.Config{Existing: true})
 	if err != nil {
 		t.Fatal(err)
 	}

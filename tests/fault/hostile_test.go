@@ -79,7 +79,7 @@ func TestHostileJobs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	q, err := queue.Open(ctx, nc, queue.Config{})
+	q, err := queue.Open(ctx, nc, queue.Config{Existing: true})
 	if err != nil {
 		t.Fatal(err)
 	}
