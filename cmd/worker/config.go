@@ -43,10 +43,12 @@ type config struct {
 	s3TLS                                                  bool
 	s3CA                                                   string
 
-	cinderConfig string // a glance-api.conf-style file with a [glance_store] section
-	osCloud      string
-	initiatorIQN string
-	connector    string
+	cinderConfig  string // a glance-api.conf-style file with a [glance_store] section
+	cinderSection string
+	getenv        func(string) string // the worker's environment, for OS_* and clouds.yaml
+	osCloud       string
+	initiatorIQN  string
+	connector     string
 
 	checkpointEvery int64
 	maxImageSize    int64
@@ -111,7 +113,8 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.Bool(&c.s3TLS, "s3-tls", false, "use HTTPS for S3")
 	fs.String(&c.s3CA, "s3-tls-ca", "", "CA bundle for the S3 endpoint's certificate (implies --s3-tls)")
 	fs.String(&c.bucket, "bucket", "cinderport-staging", "staging bucket (created in the embedded default)")
-	fs.String(&c.cinderConfig, "cinder-config", "", "file with a [glance_store] section (glance_store's cinder option names)")
+	fs.String(&c.cinderConfig, "cinder-config", "", "a glance-api.conf (or a file with its [glance_store] section): Cinder credentials and options under glance_store's cinder option names")
+	fs.String(&c.cinderSection, "cinder-config-section", "", "the section of --cinder-config to read (default glance_store; with Glance multi-store, the store's name)")
 	fs.String(&c.initiatorIQN, "initiator-iqn", "", "this host's iSCSI initiator name (default: generated once and kept in the journal)")
 	fs.String(&c.connector, "connector", "userspace", "how iSCSI volumes attach: userspace (built-in initiator, no privileges) or kernel (iscsiadm)")
 	fs.Int64(&c.checkpointEvery, "checkpoint-every", 64<<20, "bytes copied between durable upload checkpoints (they do not stall the copy; a retry re-reads at most this much)")
@@ -131,6 +134,7 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return c, fmt.Errorf("unexpected arguments %q (see --help)", fs.Args())
 	}
+	c.getenv = fs.Getenv
 	c.osCloud = fs.Getenv("OS_CLOUD")
 	if c.osCloud == "" && fs.Getenv("OS_AUTH_URL") != "" {
 		c.osCloud = "env"

@@ -9,11 +9,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/cinderport/cinderport/blockio"
+	"github.com/cinderport/cinderport/cinder"
 	"github.com/cinderport/cinderport/internal/embedded"
 	"github.com/cinderport/cinderport/jobs"
 	"github.com/cinderport/cinderport/jobs/httpapi"
@@ -91,7 +93,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	worker := &jobs.Worker{Runner: runner, Events: events, Log: log,
 		Config: jobs.WorkerConfig{Name: c.name, MaxAttempts: c.maxDeliver, Heartbeat: c.ackWait / 3}}
 
-	auth, err := downloadAuth(c)
+	auth, err := downloadAuth(c, deps.cinder)
 	if err != nil {
 		return err
 	}
@@ -214,7 +216,7 @@ var _ jobs.Staging = (*staging.Client)(nil)
 
 // downloadAuth builds the download API's authenticator from
 // --download-auth: never none.
-func downloadAuth(c config) (httpapi.Authenticator, error) {
+func downloadAuth(c config, keystone *cinder.Client) (httpapi.Authenticator, error) {
 	var methods httpapi.AnyOf
 	for _, method := range c.downloadMethods() {
 		switch method {
@@ -230,8 +232,14 @@ func downloadAuth(c config) (httpapi.Authenticator, error) {
 				return nil, err
 			}
 			methods = append(methods, httpapi.SignedURLs{Keys: keys})
-		default:
-			return nil, fmt.Errorf("--download-auth %s: not available in this build", method)
+		case "keystone":
+			var roles []string
+			for _, r := range strings.Split(c.downloadRoles, ",") {
+				if r = strings.TrimSpace(r); r != "" {
+					roles = append(roles, r)
+				}
+			}
+			methods = append(methods, &httpapi.KeystoneTokens{Validator: tokenValidator{keystone}, Roles: roles})
 		}
 	}
 	return methods, nil
@@ -243,4 +251,19 @@ func storeTag(c config) string {
 		return c.store
 	}
 	return "default"
+}
+
+// tokenValidator checks download tokens with the Keystone the Cinder client
+// authenticates against.
+type tokenValidator struct{ c *cinder.Client }
+
+func (v tokenValidator) ValidateToken(ctx context.Context, token string) (httpapi.Token, error) {
+	info, err := v.c.ValidateToken(ctx, token)
+	if errors.Is(err, cinder.ErrInvalidToken) {
+		return httpapi.Token{}, fmt.Errorf("%w: %v", httpapi.ErrUnauthenticated, err)
+	}
+	if err != nil {
+		return httpapi.Token{}, err
+	}
+	return httpapi.Token{ProjectID: info.ProjectID, Roles: info.Roles, ExpiresAt: info.ExpiresAt}, nil
 }

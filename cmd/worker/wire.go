@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cinderport/cinderport/blockio"
+	"github.com/cinderport/cinderport/cinder"
 	"github.com/cinderport/cinderport/cinder/local"
 	"github.com/cinderport/cinderport/internal/embedded"
 	"github.com/cinderport/cinderport/jobs"
@@ -28,6 +28,9 @@ type deps struct {
 	volumes   jobs.Volumes
 	connector jobs.Connector
 	staging   *staging.Client
+	// cinder is set when volumes are Cinder's (it also validates Keystone
+	// tokens for downloads).
+	cinder *cinder.Client
 	// endpoints is set when any part runs embedded: the enqueue CLI on this
 	// machine reads it from the data dir.
 	endpoints *embedded.Endpoints
@@ -90,15 +93,37 @@ func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Jour
 
 	router := blockio.Router{"local": blockio.FileConnector{}}
 	d.connector = router
-	if !c.embeddedVolumes() {
-		return d, errors.New("OpenStack credentials are set, but this build has no Cinder adapter yet: unset OS_CLOUD/OS_AUTH_URL and --cinder-config to use local volumes")
+	if c.embeddedVolumes() {
+		vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{Host: c.name})
+		if err != nil {
+			return d, err
+		}
+		d.volumes = vols
+		return d, nil
 	}
-	vols, err := local.Open(filepath.Join(c.dataDir, "volumes"), local.Options{Host: c.name})
+	ccfg, err := c.cinderSettings()
 	if err != nil {
 		return d, err
 	}
-	d.volumes = vols
+	if c.initiatorIQN != "" {
+		ccfg.Connector.InitiatorName = c.initiatorIQN
+	}
+	cl, err := cinder.New(ctx, ccfg, cinder.WithHostStore(journal), cinder.WithLogger(log.With().Str("component", "cinder").Logger()))
+	if err != nil {
+		return d, fmt.Errorf("cinder: %w", err)
+	}
+	d.volumes, d.cinder = cl, cl
 	return d, nil
+}
+
+// cinderSettings reads the Cinder configuration: --cinder-config (a
+// glance-api.conf's store section), else OS_CLOUD's clouds.yaml entry, else
+// the OS_* variables.
+func (c config) cinderSettings() (cinder.Config, error) {
+	if c.cinderConfig != "" {
+		return cinder.LoadGlanceConfig(c.cinderConfig, c.cinderSection)
+	}
+	return cinder.FromEnv(c.getenv)
 }
 
 func splitHostPort(hp string) (string, int, error) {
