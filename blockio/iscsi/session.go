@@ -193,7 +193,7 @@ type Session struct {
 	waiters    int
 	conn       *conn  // nil while reconnecting
 	last       params // of the last connection installed
-	path       int   // index in cfg.Paths of the path that worked last
+	path       int    // index in cfg.Paths of the path that worked last
 	cmdSN      uint32
 	maxCmdSN   uint32
 	expStatSN  uint32
