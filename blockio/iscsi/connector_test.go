@@ -32,41 +32,41 @@ func TestParseConnection(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		data map[string]any
-		want connInfo
+		want ConnectionInfo
 		err  string
 	}{
 		{"single path, JSON number", single,
-			connInfo{paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}}, lun: 1}, ""},
+			ConnectionInfo{Paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}}, LUN: 1}, ""},
 		{"LUN as a string, CHAP", with(chap, "target_portal", "10.0.0.1", "target_iqn", "iqn.a", "target_lun", "3"),
-			connInfo{paths: []Path{{"10.0.0.1", "iqn.a", 3}}, lun: 3, auth: Auth{User: "u", Secret: "p4ss"}, discoveryAuth: Auth{User: "u", Secret: "p4ss"}}, ""},
+			ConnectionInfo{Paths: []Path{{"10.0.0.1", "iqn.a", 3}}, LUN: 3, Auth: Auth{User: "u", Secret: "p4ss"}, DiscoveryAuth: Auth{User: "u", Secret: "p4ss"}}, ""},
 		{"no LUN given means 0", map[string]any{"target_portal": "h:1", "target_iqn": "iqn.a"},
-			connInfo{paths: []Path{{"h:1", "iqn.a", 0}}}, ""},
+			ConnectionInfo{Paths: []Path{{"h:1", "iqn.a", 0}}}, ""},
 		{"multipath lists, single target_portal first", with(single,
 			"target_portals", []any{"10.0.0.2:3260", "10.0.0.1:3260"}, "target_iqns", []any{"iqn.b", "iqn.a"}, "target_luns", []any{float64(2), float64(1)}),
-			connInfo{paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}, {"10.0.0.2:3260", "iqn.b", 2}}, lun: 1}, ""},
+			ConnectionInfo{Paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}, {"10.0.0.2:3260", "iqn.b", 2}}, LUN: 1}, ""},
 		{"portals without IQNs are alternatives for target_iqn", with(single, "target_portals", []any{"10.0.0.1:3260", "10.0.0.3:3260"}),
-			connInfo{paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}, {"10.0.0.3:3260", "iqn.a", 1}}, lun: 1}, ""},
+			ConnectionInfo{Paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}, {"10.0.0.3:3260", "iqn.a", 1}}, LUN: 1}, ""},
 		{"no IQN: discovery with its own credentials", map[string]any{"target_portal": "10.0.0.1", "target_lun": json.Number("4"),
 			"discovery_auth_method": "CHAP", "discovery_auth_username": "d", "discovery_auth_password": "dp"},
-			connInfo{portals: []string{"10.0.0.1"}, lun: 4, discoveryAuth: Auth{User: "d", Secret: "dp"}}, ""},
+			ConnectionInfo{DiscoveryPortals: []string{"10.0.0.1"}, LUN: 4, DiscoveryAuth: Auth{User: "d", Secret: "dp"}}, ""},
 		{"mutual CHAP", with(with(chap, "target_auth_username", "tu", "target_auth_password", "tp"), "target_portal", "h", "target_iqn", "iqn.a"),
-			connInfo{paths: []Path{{"h", "iqn.a", 0}}, auth: Auth{User: "u", Secret: "p4ss", TargetUser: "tu", TargetSecret: "tp"},
-				discoveryAuth: Auth{User: "u", Secret: "p4ss", TargetUser: "tu", TargetSecret: "tp"}}, ""},
+			ConnectionInfo{Paths: []Path{{"h", "iqn.a", 0}}, Auth: Auth{User: "u", Secret: "p4ss", TargetUser: "tu", TargetSecret: "tp"},
+				DiscoveryAuth: Auth{User: "u", Secret: "p4ss", TargetUser: "tu", TargetSecret: "tp"}}, ""},
 		{"auth_method None", with(single, "auth_method", "None", "auth_password", "unused"),
-			connInfo{paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}}, lun: 1}, ""},
-		{"no portal", map[string]any{"target_iqn": "iqn.a"}, connInfo{}, "neither target_portal"},
-		{"fractional LUN", with(single, "target_lun", 1.5), connInfo{}, "not an integer"},
-		{"LUN out of range", with(single, "target_lun", float64(20000)), connInfo{}, "out of range"},
-		{"LUN of another type", with(single, "target_lun", true), connInfo{}, "not a number"},
-		{"lists of different lengths", with(single, "target_portals", []any{"a", "b"}, "target_iqns", []any{"x"}), connInfo{}, "differ in length"},
-		{"portal not a string", with(single, "target_portal", float64(3260)), connInfo{}, "not a string"},
-		{"CHAP without password", with(single, "auth_method", "CHAP", "auth_username", "u"), connInfo{}, "auth_password is missing"},
-		{"unknown auth method", with(single, "auth_method", "Kerberos"), connInfo{}, "not supported"},
-		{"bad portal", with(single, "target_portal", "[::1"), connInfo{}, "portal"},
-		{"mutual half given", with(with(chap, "target_auth_username", "tu"), "target_portal", "h", "target_iqn", "iqn.a"), connInfo{}, "come together"},
+			ConnectionInfo{Paths: []Path{{"10.0.0.1:3260", "iqn.a", 1}}, LUN: 1}, ""},
+		{"no portal", map[string]any{"target_iqn": "iqn.a"}, ConnectionInfo{}, "neither target_portal"},
+		{"fractional LUN", with(single, "target_lun", 1.5), ConnectionInfo{}, "not an integer"},
+		{"LUN out of range", with(single, "target_lun", float64(20000)), ConnectionInfo{}, "out of range"},
+		{"LUN of another type", with(single, "target_lun", true), ConnectionInfo{}, "not a number"},
+		{"lists of different lengths", with(single, "target_portals", []any{"a", "b"}, "target_iqns", []any{"x"}), ConnectionInfo{}, "differ in length"},
+		{"portal not a string", with(single, "target_portal", float64(3260)), ConnectionInfo{}, "not a string"},
+		{"CHAP without password", with(single, "auth_method", "CHAP", "auth_username", "u"), ConnectionInfo{}, "auth_password is missing"},
+		{"unknown auth method", with(single, "auth_method", "Kerberos"), ConnectionInfo{}, "not supported"},
+		{"bad portal", with(single, "target_portal", "[::1"), ConnectionInfo{}, "portal"},
+		{"mutual half given", with(with(chap, "target_auth_username", "tu"), "target_portal", "h", "target_iqn", "iqn.a"), ConnectionInfo{}, "come together"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			got, err := parseConnection(c.data)
+			got, err := ParseConnection(c.data)
 			if c.err != "" {
 				if err == nil || !strings.Contains(err.Error(), c.err) {
 					t.Fatalf("err = %v, want one mentioning %q", err, c.err)

@@ -29,7 +29,7 @@ func Discover(ctx context.Context, cfg Config, portal string) ([]DiscoveredTarge
 	if cfg.InitiatorName == "" {
 		return nil, jobs.Permanentf("iscsi: no initiator name configured")
 	}
-	addr, err := resolvePortal(portal)
+	addr, err := NormalizePortal(portal)
 	if err != nil {
 		return nil, jobs.Permanent(fmt.Errorf("iscsi discovery: %w", err))
 	}
@@ -130,7 +130,7 @@ func parseSendTargets(text []byte, portal string) ([]DiscoveredTarget, error) {
 			if len(out) == 0 {
 				return nil, errors.New("TargetAddress before any TargetName")
 			}
-			addr, err := resolvePortal(p.v)
+			addr, err := NormalizePortal(p.v)
 			if err != nil {
 				return nil, err
 			}

@@ -402,9 +402,10 @@ func negotiated(got map[string]string, recvDSL int, normal bool) (params, error)
 	return p, nil
 }
 
-// resolvePortal turns a TargetAddress value ("host[:port][,tag]") or a
-// configured portal into host:port, 3260 by default.
-func resolvePortal(addr string) (string, error) {
+// NormalizePortal turns a portal as Cinder or a TargetAddress key gives it
+// ("host[:port][,tag]", IPv6 hosts in brackets) into host:port, port 3260
+// by default. It fails on an empty or malformed address.
+func NormalizePortal(addr string) (string, error) {
 	addr, _, _ = strings.Cut(strings.TrimSpace(addr), ",")
 	if addr == "" {
 		return "", errors.New("empty portal address")

@@ -262,7 +262,7 @@ func (s *Session) connect(ctx context.Context) (*conn, loginState, error) {
 			}
 			var le *loginError
 			if errors.As(err, &le) && le.class == 1 && le.redirect != "" && hop < 8 {
-				to, rerr := resolvePortal(le.redirect)
+				to, rerr := NormalizePortal(le.redirect)
 				if rerr == nil {
 					s.log.Info().Str("portal", path.Portal).Str("to", to).Msg("iscsi login redirected")
 					path.Portal = to
@@ -293,7 +293,7 @@ func (s *Session) connect(ctx context.Context) (*conn, loginState, error) {
 
 // login dials one portal and runs the login phase on it.
 func (s *Session) login(ctx context.Context, path Path) (*conn, loginState, error) {
-	addr, err := resolvePortal(path.Portal)
+	addr, err := NormalizePortal(path.Portal)
 	if err != nil {
 		return nil, loginState{}, jobs.Permanent(err)
 	}

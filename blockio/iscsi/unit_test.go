@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-func TestResolvePortal(t *testing.T) {
+func TestNormalizePortal(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{"10.0.0.1:3260", "10.0.0.1:3260"},
 		{"10.0.0.1", "10.0.0.1:3260"},
@@ -22,9 +22,9 @@ func TestResolvePortal(t *testing.T) {
 		{":3260", ""},
 		{"[x", ""},
 	} {
-		got, err := resolvePortal(c.in)
+		got, err := NormalizePortal(c.in)
 		if (err != nil) != (c.want == "") || got != c.want {
-			t.Errorf("resolvePortal(%q) = %q, %v; want %q", c.in, got, err, c.want)
+			t.Errorf("NormalizePortal(%q) = %q, %v; want %q", c.in, got, err, c.want)
 		}
 	}
 }
