@@ -82,4 +82,3 @@ func (c *Connector) discover(ctx context.Context, info ConnectionInfo) ([]Path, 
 	}
 	return nil, fmt.Errorf("iscsi connector: discovery failed on every portal: %v", errs)
 }
-
