@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -46,7 +47,6 @@ func (c *Connector) Connect(ctx context.Context, conn jobs.Connection, mode jobs
 	}
 	cfg := c.base
 	cfg.Auth = info.Auth
-	cfg.RequireAuth = info.Auth.User != ""
 	cfg.Paths = info.Paths
 	if len(cfg.Paths) == 0 {
 		if cfg.Paths, err = c.discover(ctx, info); err != nil {
@@ -80,5 +80,5 @@ func (c *Connector) discover(ctx context.Context, info ConnectionInfo) ([]Path, 
 		}
 		return paths, nil
 	}
-	return nil, fmt.Errorf("iscsi connector: discovery failed on every portal: %v", errs)
+	return nil, fmt.Errorf("iscsi connector: discovery failed on every portal: %w", errors.Join(errs...))
 }

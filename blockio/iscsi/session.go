@@ -274,7 +274,7 @@ func (s *Session) connect(ctx context.Context) (*conn, loginState, error) {
 				// Every path of a volume shares its credentials.
 				return nil, loginState{}, jobs.Permanent(err)
 			}
-			if !errors.As(err, &le) || !le.permanent() {
+			if !jobs.IsPermanent(err) && (!errors.As(err, &le) || !le.permanent()) {
 				permanent = false
 			}
 			errs = append(errs, err)
