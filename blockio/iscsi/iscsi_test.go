@@ -52,10 +52,16 @@ func TestWriteReadBack(t *testing.T) {
 		name    string
 		digests bool
 		params  map[string]string
+		want    params
 	}{
-		{"tgtd defaults", false, nil},
-		{"CRC32C digests", true, map[string]string{"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"}},
-		{"tuned target", false, tunedTarget},
+		{"tgtd defaults", false, nil, params{sendDSL: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true}},
+		{"CRC32C digests", true, map[string]string{"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C,None"},
+			params{headerDigest: true, dataDigest: true, sendDSL: 8192, maxBurst: 262144, firstBurst: 65536, initialR2T: true, immediateData: true}},
+		{"tuned target", false, tunedTarget, params{sendDSL: 262144, maxBurst: 262144, firstBurst: 262144, immediateData: true}},
+		{"unsolicited Data-Out", false, map[string]string{"InitialR2T": "No", "FirstBurstLength": "262144"},
+			params{sendDSL: 8192, maxBurst: 262144, firstBurst: 262144, immediateData: true}},
+		{"no immediate data, short bursts", false, map[string]string{"ImmediateData": "No", "MaxBurstLength": "65536"},
+			params{sendDSL: 8192, maxBurst: 65536, firstBurst: 65536, initialR2T: true}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			tg := d.AddTarget(t, 64<<20, harness.TargetOptions{Params: c.params})
@@ -67,8 +73,9 @@ func TestWriteReadBack(t *testing.T) {
 			if dev.Size() != 64<<20 || dev.BlockSize() != 512 {
 				t.Fatalf("size %d, block size %d", dev.Size(), dev.BlockSize())
 			}
-			if p := dev.Session().negotiated(); p.headerDigest != c.digests || p.dataDigest != c.digests {
-				t.Fatalf("digests negotiated: %+v", p)
+			c.want.recvDSL = 256 << 10
+			if p := dev.Session().negotiated(); p != c.want {
+				t.Fatalf("negotiated %+v, want %+v", p, c.want)
 			}
 			vendor, product, err := dev.Session().Inquiry(ctx)
 			if err != nil || vendor == "" || product == "" {
@@ -82,8 +89,16 @@ func TestWriteReadBack(t *testing.T) {
 			if _, err := dev.WriteAt(data[:512], dev.Size()-512); err != nil {
 				t.Fatal(err)
 			}
+			// One 1 MiB command: several R2T bursts, or unsolicited data and then R2Ts.
+			if err := dev.Session().Write16(ctx, data[:1<<20], 16<<10, 512); err != nil {
+				t.Fatal(err)
+			}
 			if err := dev.Flush(ctx); err != nil {
 				t.Fatal(err)
+			}
+			big := make([]byte, 1<<20)
+			if err := dev.Session().Read16(ctx, big, 16<<10, 512); err != nil || !bytes.Equal(big, data[:1<<20]) {
+				t.Fatalf("1 MiB command read back: %v", err)
 			}
 			back := make([]byte, len(data))
 			if _, err := dev.ReadAt(back, 4096); err != nil {
@@ -96,7 +111,7 @@ func TestWriteReadBack(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if !bytes.Equal(f[4096:4096+len(data)], data) || !bytes.Equal(f[len(f)-512:], data[:512]) {
+			if !bytes.Equal(f[4096:4096+len(data)], data) || !bytes.Equal(f[len(f)-512:], data[:512]) || !bytes.Equal(f[8<<20:9<<20], data[:1<<20]) {
 				t.Fatal("the backing file differs")
 			}
 			if _, err := dev.WriteAt(data[:100], 0); !errors.Is(err, ErrUnaligned) {

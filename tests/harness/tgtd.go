@@ -23,6 +23,7 @@ type Tgtd struct {
 	done    chan struct{}
 	mu      sync.Mutex
 	nextTID int
+	dir     string // backing files and the log
 }
 
 // Target is a target with one LUN backed by a sparse file.
@@ -59,12 +60,19 @@ func StartTgtdAt(t testing.TB, host string) *Tgtd {
 	t.Helper()
 	bin := Need(t, "tgtd", "tgtd (Debian package tgt)")
 	Need(t, "tgtadm", "tgtadm (Debian package tgt)")
-	d := &Tgtd{t: t, nextTID: 1}
+	// tgtadm splits --backing-store at commas, which test names may hold:
+	// the LUNs live in a directory of our own naming.
+	dir, err := os.MkdirTemp("", "cinderport-tgtd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d := &Tgtd{t: t, nextTID: 1, dir: dir}
 	for attempt := 0; ; attempt++ {
 		d.control = 1000 + rand.IntN(30000)
 		d.Portal = host + ":" + strconv.Itoa(FreePort(t))
 		d.cmd = exec.Command(bin, "-f", "-C", strconv.Itoa(d.control), "--iscsi", "portal="+d.Portal)
-		logf, err := os.CreateTemp(t.TempDir(), "tgtd-*.log")
+		logf, err := os.CreateTemp(dir, "tgtd-*.log")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -137,7 +145,7 @@ func (d *Tgtd) AddTarget(t testing.TB, size int64, o TargetOptions) Target {
 	tid := d.nextTID
 	d.nextTID++
 	d.mu.Unlock()
-	path := filepath.Join(t.TempDir(), fmt.Sprintf("lun%d.img", tid))
+	path := filepath.Join(d.dir, fmt.Sprintf("lun%d.img", tid))
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
