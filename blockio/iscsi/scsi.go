@@ -38,6 +38,7 @@ type SenseError struct {
 	Key, ASC, ASCQ byte
 }
 
+// Error names the command, the sense key and the additional sense code.
 func (e *SenseError) Error() string {
 	return fmt.Sprintf("iscsi: %s: CHECK CONDITION, sense key 0x%x (%s), ASC/ASCQ 0x%02x/0x%02x",
 		e.Op, e.Key, senseKeyName(e.Key), e.ASC, e.ASCQ)

@@ -51,6 +51,8 @@ type CommandError struct {
 	Err      error
 }
 
+// Error is the redacted command line, the failure and the redacted
+// standard error.
 func (e *CommandError) Error() string {
 	msg := fmt.Sprintf("%s: %v", e.Command, e.Err)
 	if e.Stderr != "" {
@@ -59,6 +61,8 @@ func (e *CommandError) Error() string {
 	return msg
 }
 
+// Unwrap returns the underlying failure (an *exec.ExitError, exec.ErrNotFound,
+// a context error).
 func (e *CommandError) Unwrap() error { return e.Err }
 
 // ExitCode returns the exit status of a failed command in err's chain, or
