@@ -332,3 +332,23 @@ func TestByPathName(t *testing.T) {
 		}
 	}
 }
+
+func TestInitiatorName(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ content, want string }{
+		{"## DO NOT EDIT OR REMOVE THIS FILE!\nInitiatorName=iqn.1993-08.org.debian:01:abc\n", "iqn.1993-08.org.debian:01:abc"},
+		{"# nothing here\n\n", ""},
+	} {
+		p := filepath.Join(dir, "initiatorname.iscsi")
+		if err := os.WriteFile(p, []byte(c.content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		got, err := InitiatorName(p)
+		if got != c.want || (err != nil) != (c.want == "") {
+			t.Errorf("InitiatorName(%q) = %q, %v", c.content, got, err)
+		}
+	}
+	if _, err := InitiatorName(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
