@@ -230,14 +230,15 @@ func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	return s, nil
 }
 
-// newISID is a random-qualifier ISID (RFC 7143 §10.12.5: type 0b10,
-// 22 random bits and a 16-bit qualifier). It is kept for the session's
-// life, so that a reconnect reinstates the session: the target ends the
-// old one and its commands before ours are reissued.
+// newISID is a "random" ISID (RFC 7143 §10.12.5: type 0b10, the A field
+// reserved, 24 random bits, and a qualifier, random too so that the many
+// sessions of one initiator name never collide). It is kept for the
+// session's life, so that a reconnect reinstates the session: the target
+// ends the old one and its commands before ours are reissued.
 func newISID() [6]byte {
 	var b [6]byte
 	rand.Read(b[1:])
-	b[0] = 0x80 | b[1]&0x3f
+	b[0] = 0x80
 	return b
 }
 
