@@ -1,45 +1,42 @@
 package iscsi
 
 import (
-	"crypto/md5"
-	"crypto/rand"
-	"crypto/subtle"
-	"encoding/base64"
+	"context"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/cinderport/cinderport/jobs"
 )
 
-// ErrAuth is returned (wrapped, and permanent) when the target refuses our
-// CHAP credentials or fails mutual CHAP.
-var ErrAuth = errors.New("iscsi: authentication failed")
-
-// Login stages.
+// Login stages (RFC 7143 §11.12.3).
 const (
 	stageSecurity    = 0
 	stageOperational = 1
 	stageFullFeature = 3
 )
 
-// Auth is CHAP credentials. With User empty, no authentication is offered.
-// TargetUser/TargetSecret enable mutual CHAP: the target must prove it
-// knows TargetSecret.
-type Auth struct {
-	User, Secret             string
-	TargetUser, TargetSecret string
-}
+// maxLoginRounds bounds the exchanges of one login stage: a target that
+// never moves on is broken.
+const maxLoginRounds = 16
 
-// params are the negotiated operational parameters.
+// Login failures the callers branch on.
+var (
+	// ErrAuth is returned (wrapped, and permanent) when the target refuses
+	// our CHAP credentials, requires credentials we do not have, or fails
+	// mutual CHAP.
+	ErrAuth = errors.New("iscsi: authentication failed")
+	// ErrNoTarget is returned (wrapped) when the portal does not serve the
+	// target (login status "not found" or "removed").
+	ErrNoTarget = errors.New("iscsi: no such target")
+)
+
+// params are the negotiated operational parameters (RFC 7143 §13).
 type params struct {
 	headerDigest, dataDigest  bool
-	sendDSL                   int // the target's MaxRecvDataSegmentLength: our Data-Out limit
+	sendDSL                   int // the target's MaxRecvDataSegmentLength: our Data-Out and immediate data limit
 	recvDSL                   int // ours, declared to the target
 	maxBurst, firstBurst      int
 	initialR2T, immediateData bool
@@ -54,7 +51,8 @@ type loginState struct {
 	maxCmdSN  uint32
 }
 
-// loginError carries the target's status class and detail.
+// loginError is a login response with a non-zero status (RFC 7143
+// §11.13.5).
 type loginError struct {
 	class, detail byte
 	redirect      string
@@ -65,65 +63,107 @@ func (e *loginError) Error() string {
 	case 1:
 		return fmt.Sprintf("iscsi login: target moved to %s", e.redirect)
 	case 2:
-		return fmt.Sprintf("iscsi login refused by the target (initiator error %d/%d)", e.class, e.detail)
+		return fmt.Sprintf("iscsi login refused: %s (status 0x%02x%02x)", initiatorDetail(e.detail), e.class, e.detail)
 	}
-	return fmt.Sprintf("iscsi login failed: target error %d/%d", e.class, e.detail)
+	return fmt.Sprintf("iscsi login failed: target error (status 0x%02x%02x)", e.class, e.detail)
 }
 
-// loginConn runs the login phase on conn.
-type loginConn struct {
-	conn      net.Conn
+func (e *loginError) Is(target error) bool {
+	switch target {
+	case ErrAuth:
+		return e.class == 2 && (e.detail == 1 || e.detail == 2)
+	case ErrNoTarget:
+		return e.class == 2 && (e.detail == 3 || e.detail == 4)
+	}
+	return false
+}
+
+// permanent reports whether retrying the same login cannot succeed.
+func (e *loginError) permanent() bool { return e.class == 2 && e.detail != 6 }
+
+func initiatorDetail(d byte) string {
+	switch d {
+	case 1:
+		return "authentication failure"
+	case 2:
+		return "authorization failure"
+	case 3:
+		return "target not found"
+	case 4:
+		return "target removed"
+	case 5:
+		return "unsupported version"
+	case 6:
+		return "too many connections"
+	case 7:
+		return "missing parameter"
+	case 9:
+		return "session type not supported"
+	}
+	return "initiator error"
+}
+
+// login is one login phase on a TCP connection.
+type login struct {
+	nc        net.Conn
+	rd        *pduReader
 	isid      [6]byte
 	tsih      uint16
 	itt       uint32
 	cmdSN     uint32
 	expStatSN uint32
-	cfg       *Config
-	target    string
+	first     bool
+
+	initiator   string
+	target      string // empty for a discovery session
+	auth        Auth
+	requireAuth bool
+	digests     bool
+	recvDSL     int
+	timeout     time.Duration
 }
 
-// newISID is a random-type ISID (0x80 + 3 random bytes + qualifier).
-func newISID() [6]byte {
-	var b [6]byte
-	rand.Read(b[1:])
-	b[0] = 0x80
-	return b
+func newLogin(nc net.Conn, cfg *Config, target string, isid [6]byte) *login {
+	return &login{nc: nc, rd: newPDUReader(nc, loginMaxData), isid: isid, cmdSN: 1, first: true,
+		initiator: cfg.InitiatorName, target: target, auth: cfg.Auth, requireAuth: cfg.RequireAuth,
+		digests: cfg.Digests, recvDSL: cfg.MaxRecvDataSegmentLength, timeout: cfg.LoginTimeout}
 }
 
-func (l *loginConn) exchange(csg, nsg int, transit bool, kv textKV) (*pdu, map[string]string, error) {
-	h := header(opLoginReq, true, byte(csg)<<2|byte(nsg))
+// exchange sends one Login Request and returns the target's answer,
+// reassembling continued responses.
+func (l *login) exchange(csg, nsg int, transit bool, req textKV) (*pdu, map[string]string, error) {
+	flags := byte(csg)<<2 | byte(nsg)
 	if transit {
-		h[1] |= 0x80
+		flags |= flagTransit
 	}
-	copy(h[8:14], l.isid[:])
-	binary.BigEndian.PutUint16(h[14:], l.tsih)
-	put32(h, 16, l.itt)
-	put32(h, 24, l.cmdSN)
-	put32(h, 28, l.expStatSN)
-	data := kv.encode()
-	setDataLen(h, len(data))
-	buf := append(h, data...)
-	buf = append(buf, make([]byte, pad4(len(data))-len(data))...)
-	l.conn.SetDeadline(time.Now().Add(l.cfg.LoginTimeout))
-	defer l.conn.SetDeadline(time.Time{})
-	if _, err := l.conn.Write(buf); err != nil {
-		return nil, nil, err
-	}
+	data := req.encode()
 	var all []byte
 	for {
+		var h [bhsLen]byte
+		header(&h, opLoginReq, true, flags)
+		copy(h[8:14], l.isid[:])
+		binary.BigEndian.PutUint16(h[14:], l.tsih)
+		put32(h[:], 16, l.itt)
+		put32(h[:], 24, l.cmdSN)
+		put32(h[:], 28, l.expStatSN)
+		l.nc.SetDeadline(time.Now().Add(l.timeout))
+		if _, err := l.nc.Write(encodePDU(nil, &h, data, false, false)); err != nil {
+			return nil, nil, err
+		}
 		p := &pdu{}
-		n, err := readHeader(l.conn, p, false, make([]byte, 1024))
-		if err != nil {
+		if err := l.rd.read(p); err != nil {
 			return nil, nil, err
 		}
 		if p.opcode() != opLoginResp {
-			return nil, nil, fmt.Errorf("iscsi login: unexpected opcode 0x%02x", p.opcode())
+			return nil, nil, fmt.Errorf("iscsi login: target answered with opcode 0x%02x", p.opcode())
 		}
-		seg := make([]byte, n)
-		if err := readData(l.conn, seg, false); err != nil {
-			return nil, nil, err
+		if p.itt() != l.itt {
+			return nil, nil, fmt.Errorf("iscsi login: answer for task 0x%x, not 0x%x", p.itt(), l.itt)
 		}
-		all = append(all, seg...)
+		if len(all)+len(p.data) > loginMaxData {
+			return nil, nil, errors.New("iscsi login: the target's text exceeds 64 KiB")
+		}
+		all = append(all, p.data...)
 		if class, detail := p.bhs[36], p.bhs[37]; class != 0 {
 			e := &loginError{class: class, detail: detail}
 			if kv, err := parseText(all); err == nil {
@@ -131,178 +171,257 @@ func (l *loginConn) exchange(csg, nsg int, transit bool, kv textKV) (*pdu, map[s
 			}
 			return p, nil, e
 		}
-		l.expStatSN = p.u32(24) + 1
-		if p.flags()&0x40 == 0 { // not continued
+		if sn := p.u32(24); l.first || snLE(l.expStatSN, sn+1) {
+			l.expStatSN, l.first = sn+1, false
+		}
+		if p.flags()&flagContinue == 0 {
 			kv, err := parseText(all)
 			return p, kv, err
 		}
-		// Continued: ask for the rest with an empty request.
-		h := header(opLoginReq, true, byte(csg)<<2|byte(nsg))
-		copy(h[8:14], l.isid[:])
-		put32(h, 16, l.itt)
-		put32(h, 24, l.cmdSN)
-		put32(h, 28, l.expStatSN)
-		if _, err := l.conn.Write(h); err != nil {
-			return nil, nil, err
-		}
+		// The answer continues: ask for the rest with an empty request
+		// (RFC 7143 §6.3: T=0 while the target has more text).
+		flags &^= flagTransit
+		data = nil
 	}
 }
 
-// chapResponse is MD5(id || secret || challenge) in hex.
-func chapResponse(id byte, secret string, challenge []byte) string {
-	h := md5.New()
-	h.Write([]byte{id})
-	h.Write([]byte(secret))
-	h.Write(challenge)
-	return "0x" + hex.EncodeToString(h.Sum(nil))
+// transits reports whether the target moved to stage nsg.
+func transits(p *pdu, nsg int) bool {
+	return p.flags()&flagTransit != 0 && int(p.flags()&0x03) == nsg
 }
 
-func decodeCHAPBinary(s string) ([]byte, error) {
-	switch {
-	case strings.HasPrefix(s, "0x") || strings.HasPrefix(s, "0X"):
-		return hex.DecodeString(s[2:])
-	case strings.HasPrefix(s, "0b") || strings.HasPrefix(s, "0B"):
-		return base64.StdEncoding.DecodeString(s[2:])
+// run performs the whole login: security, then operational negotiation,
+// and returns the negotiated state.
+func (l *login) run(ctx context.Context) (loginState, error) {
+	stop := context.AfterFunc(ctx, func() { l.nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	defer l.nc.SetDeadline(time.Time{})
+	st, err := l.stages()
+	if err != nil && ctx.Err() != nil {
+		return st, fmt.Errorf("iscsi login: %w", context.Cause(ctx))
 	}
-	return nil, fmt.Errorf("iscsi: CHAP value %q is neither hex nor base64", truncate(s, 16))
+	return st, err
 }
 
-func authError(format string, args ...any) error {
-	return jobs.Permanent(fmt.Errorf("%w: "+format, append([]any{ErrAuth}, args...)...))
-}
-
-// run performs the whole login and returns the negotiated state.
-func (l *loginConn) run() (loginState, error) {
-	a := l.cfg.Auth
+func (l *login) stages() (loginState, error) {
+	a := l.auth
 	method := "None"
 	if a.User != "" {
 		method = "CHAP,None"
 	}
-	sec := textKV{{"InitiatorName", l.cfg.InitiatorName}, {"TargetName", l.target}, {"SessionType", "Normal"}, {"AuthMethod", method}}
-	p, kv, err := l.exchange(stageSecurity, stageOperational, true, sec)
-	if err != nil {
-		return loginState{}, l.classify(err)
+	sec := textKV{{"InitiatorName", l.initiator}}
+	if l.target != "" {
+		sec = append(sec, kv{"TargetName", l.target}, kv{"SessionType", "Normal"})
+	} else {
+		sec = append(sec, kv{"SessionType", "Discovery"})
 	}
-	if kv["AuthMethod"] == "CHAP" {
+	sec = append(sec, kv{"AuthMethod", method})
+	p, keys, err := l.exchange(stageSecurity, stageOperational, true, sec)
+	if err != nil {
+		return loginState{}, err
+	}
+	switch keys["AuthMethod"] {
+	case "CHAP":
 		if a.User == "" {
-			return loginState{}, authError("the target requires CHAP and no credentials were given")
+			return loginState{}, fmt.Errorf("%w: the target requires CHAP and no credentials were given", ErrAuth)
 		}
 		if p, err = l.chap(); err != nil {
 			return loginState{}, err
 		}
-	} else if a.User != "" && l.cfg.RequireAuth {
-		return loginState{}, authError("the target accepted us without CHAP")
+	case "None", "":
+		if a.User != "" && (l.requireAuth || a.TargetUser != "") {
+			return loginState{}, fmt.Errorf("%w: the target let us in without CHAP", ErrAuth)
+		}
+	default:
+		return loginState{}, fmt.Errorf("%w: the target answered AuthMethod=%s", ErrAuth, truncate(keys["AuthMethod"], 20))
 	}
-	for p.flags()&0x80 == 0 || int(p.flags()&0x03) != stageOperational { // target not yet moving on
+	for round := 0; !transits(p, stageOperational); round++ {
+		if round == maxLoginRounds {
+			return loginState{}, errors.New("iscsi login: the target never leaves the security stage")
+		}
 		if p, _, err = l.exchange(stageSecurity, stageOperational, true, nil); err != nil {
-			return loginState{}, l.classify(err)
+			return loginState{}, err
 		}
 	}
+	return l.operational()
+}
 
-	want := params{recvDSL: l.cfg.MaxRecvDataSegmentLength, maxBurst: 16776192, firstBurst: 262144,
-		initialR2T: false, immediateData: true}
+// Our operational offer. MaxBurstLength and FirstBurstLength are as large as
+// targets accept: they negotiate to the minimum of both sides.
+const (
+	offerMaxBurst   = 16776192
+	offerFirstBurst = 16776192
+	offerMaxR2T     = 16
+)
+
+// declarative keys carry a value for the receiver and are never answered.
+var declarative = map[string]bool{
+	"MaxRecvDataSegmentLength": true, "TargetAlias": true, "TargetAddress": true,
+	"TargetPortalGroupTag": true, "InitiatorAlias": true,
+}
+
+func (l *login) operational() (loginState, error) {
 	digest := "None"
-	if l.cfg.Digests {
+	if l.digests {
 		digest = "CRC32C,None"
 	}
-	op := textKV{
+	offer := textKV{
 		{"HeaderDigest", digest}, {"DataDigest", digest},
-		{"MaxRecvDataSegmentLength", strconv.Itoa(want.recvDSL)},
-		{"InitialR2T", "No"}, {"ImmediateData", "Yes"},
-		{"MaxBurstLength", strconv.Itoa(want.maxBurst)}, {"FirstBurstLength", strconv.Itoa(want.firstBurst)},
-		{"MaxOutstandingR2T", "1"}, {"DataPDUInOrder", "Yes"}, {"DataSequenceInOrder", "Yes"},
-		{"ErrorRecoveryLevel", "0"}, {"MaxConnections", "1"}, {"DefaultTime2Wait", "0"}, {"DefaultTime2Retain", "0"},
-		{"IFMarker", "No"}, {"OFMarker", "No"},
+		{"MaxRecvDataSegmentLength", strconv.Itoa(l.recvDSL)},
+	}
+	if l.target != "" {
+		offer = append(offer, textKV{
+			{"InitialR2T", "No"}, {"ImmediateData", "Yes"},
+			{"MaxBurstLength", strconv.Itoa(offerMaxBurst)}, {"FirstBurstLength", strconv.Itoa(offerFirstBurst)},
+			{"MaxOutstandingR2T", strconv.Itoa(offerMaxR2T)}, {"DataPDUInOrder", "Yes"}, {"DataSequenceInOrder", "Yes"},
+			{"ErrorRecoveryLevel", "0"}, {"MaxConnections", "1"},
+			{"DefaultTime2Wait", "0"}, {"DefaultTime2Retain", "0"},
+			{"IFMarker", "No"}, {"OFMarker", "No"},
+		}...)
+	}
+	offered := map[string]bool{}
+	for _, o := range offer {
+		offered[o.k] = true
 	}
 	got := map[string]string{}
-	for req := op; ; req = nil {
-		p, kv, err = l.exchange(stageOperational, stageFullFeature, true, req)
-		if err != nil {
-			return loginState{}, l.classify(err)
+	req := offer
+	for round := 0; ; round++ {
+		if round == maxLoginRounds {
+			return loginState{}, errors.New("iscsi login: the target never finishes operational negotiation")
 		}
-		for k, v := range kv {
+		p, keys, err := l.exchange(stageOperational, stageFullFeature, true, req)
+		if err != nil {
+			return loginState{}, err
+		}
+		req = nil
+		for k, v := range keys {
+			if !offered[k] && !declarative[k] {
+				// A key the target proposes: our answer is the outcome.
+				v = answerProposal(k, v)
+				req = append(req, kv{k, v})
+				offered[k] = true
+			}
 			got[k] = v
 		}
-		if p.flags()&0x80 != 0 && int(p.flags()&0x03) == stageFullFeature {
-			break
+		if transits(p, stageFullFeature) {
+			res, err := negotiated(got, l.recvDSL, l.target != "")
+			if err != nil {
+				return loginState{}, err
+			}
+			return loginState{p: res, tsih: binary.BigEndian.Uint16(p.bhs[14:]), cmdSN: l.cmdSN,
+				expStatSN: l.expStatSN, maxCmdSN: p.u32(32)}, nil
 		}
 	}
-	res := want
-	res.sendDSL = 8192 // the default when the target declares nothing
-	num := func(k string, def int) int {
-		if v, err := strconv.Atoi(got[k]); err == nil && v > 0 {
-			return v
+}
+
+// answerProposal answers an operational key the target offered and we did
+// not: values that only restrict us are accepted, the rest is declined
+// with the value we run with.
+func answerProposal(k, v string) string {
+	switch k {
+	case "HeaderDigest", "DataDigest":
+		return "None"
+	case "ErrorRecoveryLevel", "DefaultTime2Wait", "DefaultTime2Retain":
+		return "0"
+	case "MaxConnections":
+		return "1"
+	case "IFMarker", "OFMarker":
+		return "No"
+	case "InitialR2T", "ImmediateData":
+		return v // OR with our No, AND with our Yes: the target's value
+	case "DataPDUInOrder", "DataSequenceInOrder":
+		return "Yes" // OR with our Yes
+	case "MaxBurstLength", "FirstBurstLength", "MaxOutstandingR2T":
+		return v // minimum: the target's value wins
+	}
+	return "NotUnderstood"
+}
+
+// negotiated turns the target's answers into the session's parameters
+// (RFC 7143 §13: minimum for lengths, OR for InitialR2T, AND for
+// ImmediateData; MaxRecvDataSegmentLength is declarative, 8192 if never
+// declared).
+func negotiated(got map[string]string, recvDSL int, normal bool) (params, error) {
+	num := func(k string, def, limit int) (int, error) {
+		v, ok := got[k]
+		if !ok || v == "Reject" || v == "NotUnderstood" || v == "Irrelevant" {
+			return def, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 512 || n > 1<<24-1 {
+			return 0, fmt.Errorf("iscsi login: %s=%s is out of range", k, truncate(v, 20))
+		}
+		return min(n, limit), nil
+	}
+	flag := func(k string, def bool) bool {
+		switch got[k] {
+		case "Yes":
+			return true
+		case "No":
+			return false
 		}
 		return def
 	}
-	res.sendDSL = min(num("MaxRecvDataSegmentLength", 8192), 16<<20)
-	res.maxBurst = min(num("MaxBurstLength", 262144), want.maxBurst)
-	res.firstBurst = min(num("FirstBurstLength", 65536), want.firstBurst, res.maxBurst)
-	res.initialR2T = got["InitialR2T"] != "No"       // OR: No only if both say No
-	res.immediateData = got["ImmediateData"] != "No" // AND with our Yes
-	if _, ok := got["ImmediateData"]; !ok {
-		res.immediateData = true
-	}
-	if _, ok := got["InitialR2T"]; !ok {
-		res.initialR2T = true
-	}
-	res.headerDigest = got["HeaderDigest"] == "CRC32C"
-	res.dataDigest = got["DataDigest"] == "CRC32C"
-	return loginState{p: res, tsih: binary.BigEndian.Uint16(p.bhs[14:]), cmdSN: l.cmdSN,
-		expStatSN: l.expStatSN, maxCmdSN: p.u32(32)}, nil
-}
-
-func (l *loginConn) classify(err error) error {
-	var le *loginError
-	if errors.As(err, &le) && le.class == 2 && le.detail == 1 {
-		return authError("the target refused the CHAP credentials of user %q", l.cfg.Auth.User)
-	}
-	if errors.As(err, &le) && le.class == 2 {
-		return jobs.Permanent(fmt.Errorf("target %s: %w", l.target, err))
-	}
-	return err
-}
-
-func (l *loginConn) chap() (*pdu, error) {
-	a := l.cfg.Auth
-	_, kv, err := l.exchange(stageSecurity, stageOperational, false, textKV{{"CHAP_A", "5"}})
-	if err != nil {
-		return nil, l.classify(err)
-	}
-	if kv["CHAP_A"] != "5" {
-		return nil, authError("the target wants CHAP algorithm %q; only MD5 (5) is supported", kv["CHAP_A"])
-	}
-	id, err := strconv.Atoi(kv["CHAP_I"])
-	if err != nil || id < 0 || id > 255 {
-		return nil, authError("bad CHAP_I from the target")
-	}
-	challenge, err := decodeCHAPBinary(kv["CHAP_C"])
-	if err != nil || len(challenge) == 0 || len(challenge) > 1024 {
-		return nil, authError("bad CHAP_C from the target")
-	}
-	resp := textKV{{"CHAP_N", a.User}, {"CHAP_R", chapResponse(byte(id), a.Secret, challenge)}}
-	var myID byte
-	var myChallenge []byte
-	if a.TargetUser != "" {
-		var b [17]byte
-		rand.Read(b[:])
-		myID, myChallenge = b[0], b[1:]
-		resp = append(resp, [2]string{"CHAP_I", strconv.Itoa(int(myID))}, [2]string{"CHAP_C", "0x" + hex.EncodeToString(myChallenge)})
-	}
-	p, kv, err := l.exchange(stageSecurity, stageOperational, true, resp)
-	if err != nil {
-		return nil, l.classify(err)
-	}
-	if a.TargetUser != "" {
-		if kv["CHAP_N"] != a.TargetUser {
-			return nil, authError("mutual CHAP: the target named itself %q", truncate(kv["CHAP_N"], 40))
+	digest := func(k string) (bool, error) {
+		switch v := got[k]; v {
+		case "CRC32C":
+			return true, nil
+		case "None", "", "Reject", "NotUnderstood", "Irrelevant":
+			return false, nil
+		default:
+			return false, fmt.Errorf("iscsi login: the target chose %s=%s, which we did not offer", k, truncate(v, 20))
 		}
-		got, err := decodeCHAPBinary(kv["CHAP_R"])
-		want, _ := decodeCHAPBinary(chapResponse(myID, a.TargetSecret, myChallenge))
-		if err != nil || subtle.ConstantTimeCompare(got, want) != 1 {
-			return nil, authError("mutual CHAP: the target does not know the target secret")
-		}
+	}
+	var p params
+	var err error
+	p.recvDSL = recvDSL
+	if p.headerDigest, err = digest("HeaderDigest"); err != nil {
+		return p, err
+	}
+	if p.dataDigest, err = digest("DataDigest"); err != nil {
+		return p, err
+	}
+	if p.sendDSL, err = num("MaxRecvDataSegmentLength", 8192, 1<<24-1); err != nil {
+		return p, err
+	}
+	if !normal {
+		return p, nil
+	}
+	if p.maxBurst, err = num("MaxBurstLength", 262144, offerMaxBurst); err != nil {
+		return p, err
+	}
+	if p.firstBurst, err = num("FirstBurstLength", 65536, offerFirstBurst); err != nil {
+		return p, err
+	}
+	p.firstBurst = min(p.firstBurst, p.maxBurst)
+	p.initialR2T = flag("InitialR2T", true)
+	p.immediateData = flag("ImmediateData", true)
+	if v, ok := got["ErrorRecoveryLevel"]; ok && v != "0" {
+		return p, fmt.Errorf("iscsi login: the target wants ErrorRecoveryLevel=%s; only 0 is supported", truncate(v, 10))
 	}
 	return p, nil
 }
 
+// NormalizePortal turns a portal as Cinder or a TargetAddress key gives it
+// ("host[:port][,tag]", IPv6 hosts in brackets) into host:port, port 3260
+// by default. It fails on an empty or malformed address.
+func NormalizePortal(addr string) (string, error) {
+	addr, _, _ = strings.Cut(strings.TrimSpace(addr), ",")
+	if addr == "" {
+		return "", errors.New("empty portal address")
+	}
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if host == "" || port == "" {
+			return "", fmt.Errorf("portal %q has no host or port", addr)
+		}
+		return net.JoinHostPort(host, port), nil
+	}
+	host := addr
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	if strings.ContainsAny(host, "[]") || host == "" {
+		return "", fmt.Errorf("malformed portal %q", addr)
+	}
+	return net.JoinHostPort(host, "3260"), nil
+}

@@ -2,11 +2,12 @@ package iscsi
 
 import (
 	"context"
-	"encoding/binary"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -14,32 +15,57 @@ import (
 	"github.com/cinderport/cinderport/jobs"
 )
 
-// Config configures a session to one LUN.
+// Path is one way to the LUN: a portal (host:port, 3260 by default), the
+// target's IQN there, and the LUN number. Multipath exports list several.
+type Path struct {
+	Portal string
+	Target string
+	LUN    int
+}
+
+// String is portal/target/lun, as iscsi:// URLs name a LUN.
+func (p Path) String() string { return fmt.Sprintf("%s/%s/%d", p.Portal, p.Target, p.LUN) }
+
+// Config configures a Session. Zero durations and lengths take the
+// defaults documented on each field.
 type Config struct {
 	// InitiatorName is this host's IQN.
 	InitiatorName string
-	// Portals are tried in order (host:port); a lost connection is
-	// re-established on any of them.
-	Portals []string
-	Target  string
-	LUN     int
-	Auth    Auth
-	// RequireAuth refuses a target that lets us in without CHAP when
-	// credentials were given.
+	// Paths are tried in order at login; a lost connection is
+	// re-established on the path that worked last, then on the others.
+	Paths []Path
+	// Auth is the CHAP credentials (none when Auth.User is empty).
+	Auth Auth
+	// RequireAuth refuses a target that lets us in without CHAP although
+	// credentials were given. Mutual CHAP always requires it.
 	RequireAuth bool
 	// Digests offers CRC32C header and data digests.
 	Digests bool
 	// MaxRecvDataSegmentLength is declared to the target (default 256 KiB).
 	MaxRecvDataSegmentLength int
-	// LoginTimeout bounds each login exchange (default 10 s).
+	// LoginTimeout bounds each exchange of a login (default 15 s).
 	LoginTimeout time.Duration
-	// ReconnectTimeout bounds the re-establishment of a lost connection
-	// before in-flight commands fail (default 60 s).
+	// ReconnectTimeout bounds the re-establishment of a lost connection;
+	// after it the commands in flight fail (default 2 min).
 	ReconnectTimeout time.Duration
-	// NOPInterval is how often an idle connection is pinged; a ping
-	// unanswered for NOPInterval drops the connection (default 5 s).
-	NOPInterval time.Duration
-	Log         zerolog.Logger
+	// NOPInterval is how long a connection may stay silent before we ping
+	// it (default 5 s); NOPTimeout is how long the ping may go unanswered
+	// before the connection counts as lost (default 15 s).
+	NOPInterval, NOPTimeout time.Duration
+	// QueueDepth is how many commands a Device keeps in flight (default
+	// 8). tgtd looks Data-Out PDUs up in a list of the session's commands:
+	// deeper queues cost it more than they gain.
+	QueueDepth int
+	// CommandTimeout is how long a command may stay unanswered on a
+	// connection before the connection counts as lost and the command is
+	// reissued on a new one (default 2 min).
+	CommandTimeout time.Duration
+	// Log receives connection events; secrets never reach it.
+	Log zerolog.Logger
+	// OnEvent, when set, is told of the session's failures: "reconnect"
+	// when a lost connection was re-established, "lost" when it could not
+	// be. It must not block.
+	OnEvent func(event string)
 }
 
 func (c *Config) defaults() {
@@ -47,587 +73,499 @@ func (c *Config) defaults() {
 		c.MaxRecvDataSegmentLength = 256 << 10
 	}
 	if c.LoginTimeout == 0 {
-		c.LoginTimeout = 10 * time.Second
+		c.LoginTimeout = 15 * time.Second
 	}
 	if c.ReconnectTimeout == 0 {
-		c.ReconnectTimeout = 60 * time.Second
+		c.ReconnectTimeout = 2 * time.Minute
 	}
 	if c.NOPInterval == 0 {
 		c.NOPInterval = 5 * time.Second
 	}
+	if c.NOPTimeout == 0 {
+		c.NOPTimeout = 15 * time.Second
+	}
+	if c.QueueDepth == 0 {
+		c.QueueDepth = 8
+	}
+	if c.CommandTimeout == 0 {
+		c.CommandTimeout = 2 * time.Minute
+	}
+}
+
+// Validate reports a configuration that cannot work. Its errors are
+// permanent.
+func (c *Config) Validate() error {
+	switch {
+	case c.InitiatorName == "":
+		return jobs.Permanentf("iscsi: no initiator name configured")
+	case len(c.Paths) == 0:
+		return jobs.Permanentf("iscsi: no portal, target and LUN given")
+	case c.QueueDepth < 0:
+		return jobs.Permanentf("iscsi: negative queue depth")
+	case c.MaxRecvDataSegmentLength < 512 || c.MaxRecvDataSegmentLength > 1<<24-1:
+		return jobs.Permanentf("iscsi: MaxRecvDataSegmentLength %d is outside 512..16777215", c.MaxRecvDataSegmentLength)
+	case (c.Auth.TargetUser != "") && c.Auth.User == "":
+		return jobs.Permanentf("iscsi: mutual CHAP needs the initiator's CHAP credentials too")
+	}
+	for _, p := range c.Paths {
+		if p.Portal == "" || p.Target == "" || p.LUN < 0 || p.LUN > 16383 {
+			return jobs.Permanentf("iscsi: incomplete path %s", p)
+		}
+	}
+	return nil
 }
 
 // ErrClosed is returned for commands on a closed session.
 var ErrClosed = errors.New("iscsi: session closed")
 
+// maxIssues bounds how often one command is issued across reconnects: a
+// command that keeps killing connections fails.
+const maxIssues = 6
+
 // task is one SCSI command.
 type task struct {
 	cdb   [16]byte
-	write []byte // data out
-	read  []byte // data in buffer
-	edtl  int
-	itt   uint32
-	gen   int
+	write []byte // data out; len is the expected transfer length
+	read  []byte // data in buffer; len is the expected transfer length
 
-	done     chan struct{}
-	status   byte
-	response byte
-	sense    []byte
-	residual int
-	err      error
+	// Set when issued, under Session.mu.
+	itt    uint32
+	cmdSN  uint32
+	c      *conn
+	sent   time.Time
+	issues int
+	// pending counts what still holds the task: 1 until the response is
+	// handled, plus each queued PDU carrying write data. The last release
+	// closes done.
+	pending atomic.Int32
+	done    chan struct{}
+
+	// Results, written before the final release.
+	status, response byte
+	sense            []byte
+	residual         int
+	overflow         bool
+	err              error
 }
 
-// Session is one iSCSI session (one connection, ErrorRecoveryLevel 0) to a
-// target LUN. It is safe for concurrent use.
+func (t *task) edtl() int { return len(t.write) + len(t.read) }
+
+func (t *task) release() {
+	if t.pending.Add(-1) == 0 {
+		close(t.done)
+	}
+}
+
+// fail ends a task that nothing else holds any more.
+func (t *task) fail(err error) {
+	t.err = err
+	t.pending.Store(0)
+	close(t.done)
+}
+
+// conn is one TCP connection of the session, logged in.
+type conn struct {
+	nc   net.Conn
+	path Path
+	p    params
+	rd   *pduReader
+	out  *sendQueue
+	live atomic.Int32 // reader and writer still running
+	done chan struct{}
+
+	// Under Session.mu.
+	lastRecv time.Time
+	pingSent time.Time
+	pingITT  uint32
+}
+
+// Session is one iSCSI session (a single connection, ErrorRecoveryLevel 0)
+// to a LUN. It is safe for concurrent use; commands are pipelined within
+// the target's CmdSN window.
 type Session struct {
 	cfg  Config
-	isid [6]byte
 	log  zerolog.Logger
+	isid [6]byte
+
+	ctx    context.Context // ends with Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // every goroutine of the session
+	ended  chan struct{}  // closed when Close has finished
 
 	mu         sync.Mutex
-	cond       *sync.Cond
-	conn       net.Conn
-	gen        int
-	p          params
+	changed    chan struct{} // closed (and replaced) when submitters should look again
+	waiters    int
+	conn       *conn  // nil while reconnecting
+	last       params // of the last connection installed
+	path       int    // index in cfg.Paths of the path that worked last
 	cmdSN      uint32
 	maxCmdSN   uint32
 	expStatSN  uint32
 	nextITT    uint32
 	tasks      map[uint32]*task
-	out        *sendQueue
-	recovering bool
-	closing    bool // logging out: a dropped connection is expected
-	closed     bool
+	closing    bool
 	fatal      error
-	lastRecv   time.Time
-	pingOut    time.Time
-	logoutDone chan struct{}
-	wg         sync.WaitGroup
 	reconnects int
-	stop       chan struct{} // closed by Close: ends keepalive
+	logoutDone chan struct{}
 }
 
-// Dial logs in to the target and starts the session.
+// Dial logs in on the first path that accepts us and starts the session.
+// Errors that retrying cannot fix (bad credentials, unknown target) are
+// permanent and wrap ErrAuth or ErrNoTarget.
 func Dial(ctx context.Context, cfg Config) (*Session, error) {
 	cfg.defaults()
-	if cfg.InitiatorName == "" || cfg.Target == "" || len(cfg.Portals) == 0 {
-		return nil, jobs.Permanentf("iscsi: initiator name, target and portal are required")
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	s := &Session{cfg: cfg, isid: newISID(), tasks: map[uint32]*task{}, nextITT: 1, stop: make(chan struct{}),
-		log: cfg.Log.With().Str("target", cfg.Target).Logger()}
-	s.cond = sync.NewCond(&s.mu)
-	conn, st, err := s.connect(ctx)
+	s := &Session{cfg: cfg, isid: newISID(), tasks: map[uint32]*task{}, nextITT: 1,
+		changed: make(chan struct{}), ended: make(chan struct{}),
+		log: cfg.Log.With().Str("component", "iscsi").Logger()}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	c, st, err := s.connect(ctx)
 	if err != nil {
+		s.cancel()
 		return nil, err
 	}
 	s.mu.Lock()
-	s.install(conn, st)
+	s.install(c, st)
 	s.mu.Unlock()
 	s.wg.Add(1)
 	go s.keepalive()
 	return s, nil
 }
 
-// connect dials the portals in turn and logs in, following redirects.
-func (s *Session) connect(ctx context.Context) (net.Conn, loginState, error) {
-	var lastErr error
-	portals := append([]string(nil), s.cfg.Portals...)
-	for i := 0; i < len(portals) && i < 8; i++ {
-		addr := portals[i]
-		d := net.Dialer{Timeout: s.cfg.LoginTimeout, KeepAlive: 15 * time.Second}
-		conn, err := d.DialContext(ctx, "tcp", addr)
-		if err != nil {
-			lastErr = fmt.Errorf("iscsi: connect to %s: %w", addr, err)
-			continue
-		}
-		if tc, ok := conn.(*net.TCPConn); ok {
-			tc.SetNoDelay(true)
-			tc.SetReadBuffer(4 << 20)
-			tc.SetWriteBuffer(4 << 20)
-		}
-		l := &loginConn{conn: conn, isid: s.isid, itt: 0, cmdSN: 1, cfg: &s.cfg, target: s.cfg.Target}
-		st, err := l.run()
-		if err == nil {
-			return conn, st, nil
-		}
-		conn.Close()
-		var le *loginError
-		if errors.As(err, &le) && le.class == 1 && le.redirect != "" {
-			host, _, _ := cutComma(le.redirect)
-			s.log.Info().Str("to", host).Msg("iscsi login redirected")
-			portals = append(portals[:i+1], append([]string{host}, portals[i+1:]...)...)
-			lastErr = err
-			continue
-		}
-		if jobs.IsPermanent(err) {
-			return nil, loginState{}, err
-		}
-		lastErr = fmt.Errorf("iscsi: login to %s at %s: %w", s.cfg.Target, addr, err)
-	}
-	return nil, loginState{}, lastErr
+// newISID is a "random" ISID (RFC 7143 §10.12.5: type 0b10, the A field
+// reserved, 24 random bits, and a qualifier, random too so that the many
+// sessions of one initiator name never collide). It is kept for the
+// session's life, so that a reconnect reinstates the session: the target
+// ends the old one and its commands before ours are reissued.
+func newISID() [6]byte {
+	var b [6]byte
+	rand.Read(b[1:])
+	b[0] = 0x80
+	return b
 }
 
-func cutComma(s string) (string, string, bool) {
-	for i := range s {
-		if s[i] == ',' {
-			return s[:i], s[i+1:], true
+// connect dials the paths in turn, starting with the last that worked, and
+// logs in, following redirects.
+func (s *Session) connect(ctx context.Context) (*conn, loginState, error) {
+	s.mu.Lock()
+	first := s.path
+	s.mu.Unlock()
+	var errs []error
+	permanent := true
+	for i := range s.cfg.Paths {
+		idx := (first + i) % len(s.cfg.Paths)
+		path := s.cfg.Paths[idx]
+		for hop := 0; ; hop++ {
+			c, st, err := s.login(ctx, path)
+			if err == nil {
+				s.mu.Lock()
+				s.path = idx
+				s.mu.Unlock()
+				return c, st, nil
+			}
+			var le *loginError
+			if errors.As(err, &le) && le.class == 1 && le.redirect != "" && hop < 8 {
+				to, rerr := NormalizePortal(le.redirect)
+				if rerr == nil {
+					s.log.Info().Str("portal", path.Portal).Str("to", to).Msg("iscsi login redirected")
+					path.Portal = to
+					continue
+				}
+			}
+			err = fmt.Errorf("iscsi: login to %s at %s: %w", path.Target, path.Portal, err)
+			if errors.Is(err, ErrAuth) {
+				// Every path of a volume shares its credentials.
+				return nil, loginState{}, jobs.Permanent(err)
+			}
+			if !jobs.IsPermanent(err) && (!errors.As(err, &le) || !le.permanent()) {
+				permanent = false
+			}
+			errs = append(errs, err)
+			break
+		}
+		if ctx.Err() != nil {
+			break
 		}
 	}
-	return s, "", false
+	err := errors.Join(errs...)
+	if permanent {
+		return nil, loginState{}, jobs.Permanent(err)
+	}
+	return nil, loginState{}, err
 }
 
-// install starts the full feature phase on a logged-in connection. s.mu held.
-func (s *Session) install(conn net.Conn, st loginState) {
-	s.gen++
-	s.conn, s.p = conn, st.p
+// login dials one portal and runs the login phase on it.
+func (s *Session) login(ctx context.Context, path Path) (*conn, loginState, error) {
+	addr, err := NormalizePortal(path.Portal)
+	if err != nil {
+		return nil, loginState{}, jobs.Permanent(err)
+	}
+	d := net.Dialer{Timeout: s.cfg.LoginTimeout, KeepAlive: 15 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, loginState{}, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	st, err := newLogin(nc, &s.cfg, path.Target, s.isid).run(ctx)
+	if err != nil {
+		nc.Close()
+		return nil, loginState{}, err
+	}
+	path.Portal = addr
+	c := &conn{nc: nc, path: path, p: st.p, done: make(chan struct{})}
+	c.rd = newPDUReader(nc, st.p.recvDSL)
+	c.rd.headerDigest, c.rd.dataDigest = st.p.headerDigest, st.p.dataDigest
+	c.out = newSendQueue(nc, st.p)
+	return c, st, nil
+}
+
+// install starts the full feature phase on a logged-in connection. s.mu
+// held.
+func (s *Session) install(c *conn, st loginState) {
+	s.conn, s.last = c, c.p
 	s.cmdSN, s.maxCmdSN, s.expStatSN = st.cmdSN, st.maxCmdSN, st.expStatSN
-	s.out = newSendQueue(conn)
-	s.lastRecv, s.pingOut = time.Now(), time.Time{}
-	gen, out := s.gen, s.out
+	c.lastRecv = time.Now()
+	c.live.Store(2)
 	s.wg.Add(2)
-	go func() { defer s.wg.Done(); out.run() }()
-	go func() { defer s.wg.Done(); s.reader(conn, gen, st.p) }()
-	s.cond.Broadcast()
-	s.log.Debug().Int("send_dsl", st.p.sendDSL).Int("max_burst", st.p.maxBurst).Int("first_burst", st.p.firstBurst).
-		Bool("initial_r2t", st.p.initialR2T).Bool("immediate_data", st.p.immediateData).Msg("iscsi session established")
+	go func() {
+		defer s.wg.Done()
+		defer c.exited()
+		c.out.run()
+	}()
+	go func() {
+		defer s.wg.Done()
+		defer c.exited()
+		s.reader(c)
+	}()
+	s.broadcast()
+	s.log.Debug().Str("portal", c.path.Portal).Int("send_dsl", st.p.sendDSL).Int("max_burst", st.p.maxBurst).
+		Int("first_burst", st.p.firstBurst).Bool("initial_r2t", st.p.initialR2T).Bool("immediate_data", st.p.immediateData).
+		Bool("digests", st.p.headerDigest).Msg("iscsi session established")
 }
 
-// serial arithmetic (RFC 1982) on 32-bit sequence numbers.
+func (c *conn) exited() {
+	if c.live.Add(-1) == 0 {
+		close(c.done)
+	}
+}
+
+// broadcast wakes every submitter waiting for the window or a connection.
+// s.mu held.
+func (s *Session) broadcast() {
+	if s.waiters > 0 {
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+}
+
+// snLE is serial-number a <= b (RFC 1982 on 32 bits).
 func snLE(a, b uint32) bool { return a == b || int32(a-b) < 0 }
 
-// submit queues t; it blocks while the CmdSN window is closed or the
-// connection is being re-established.
-func (s *Session) submit(t *task) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// newITT returns an initiator task tag not in use. s.mu held.
+func (s *Session) newITT() uint32 {
 	for {
-		if s.closed {
+		itt := s.nextITT
+		s.nextITT++
+		if itt != reservedTag && s.tasks[itt] == nil && (s.conn == nil || itt != s.conn.pingITT) {
+			return itt
+		}
+	}
+}
+
+// issue sends t once the window is open and a connection is up. ctx ends
+// the wait; once sent, t ends only through t.done.
+func (s *Session) issue(ctx context.Context, t *task) error {
+	s.mu.Lock()
+	for {
+		if s.closing {
+			s.mu.Unlock()
 			return ErrClosed
 		}
 		if s.fatal != nil {
-			return s.fatal
+			err := s.fatal
+			s.mu.Unlock()
+			return err
 		}
-		if !s.recovering && snLE(s.cmdSN, s.maxCmdSN) {
+		if s.conn != nil && snLE(s.cmdSN, s.maxCmdSN) {
 			break
 		}
-		s.cond.Wait()
+		ch := s.changed
+		s.waiters++
+		s.mu.Unlock()
+		var err error
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = context.Cause(ctx)
+		case <-s.ctx.Done():
+			err = ErrClosed
+		}
+		s.mu.Lock()
+		s.waiters--
+		if err != nil {
+			s.mu.Unlock()
+			return err
+		}
 	}
-	itt := s.nextITT
-	s.nextITT++
-	if s.nextITT == reservedTag {
-		s.nextITT = 1
-	}
-	t.itt, t.gen = itt, s.gen
-	t.status, t.sense, t.err, t.residual, t.response = 0, nil, nil, 0, 0
-	s.tasks[itt] = t
-	cmdSN := s.cmdSN
+	s.send(t)
+	s.mu.Unlock()
+	return nil
+}
+
+// send builds and queues t's SCSI Command PDU and its unsolicited data
+// (immediate data, then Data-Out up to FirstBurstLength). s.mu held.
+func (s *Session) send(t *task) {
+	c := s.conn
+	t.itt, t.cmdSN, t.c, t.sent = s.newITT(), s.cmdSN, c, time.Now()
+	t.issues++
+	t.status, t.response, t.sense, t.residual, t.overflow, t.err = 0, 0, nil, 0, false, nil
+	t.pending.Store(1)
+	s.tasks[t.itt] = t
 	s.cmdSN++
 
-	h := header(opSCSICmd, false, 0x80|0x01) // F, simple attribute
-	encodeLUN(h, s.cfg.LUN)
-	put32(h, 16, itt)
-	put32(h, 20, uint32(t.edtl))
-	put32(h, 24, cmdSN)
-	put32(h, 28, s.expStatSN)
-	copy(h[32:48], t.cdb[:])
-	p := s.p
-	if t.write == nil {
-		if t.edtl > 0 {
-			h[1] |= 0x40 // R
-		}
-		s.out.push(s.seal(h, nil))
-		return nil
+	o := outPDU{}
+	header(&o.bhs, opSCSICmd, false, flagFinal|flagAttrSimp)
+	encodeLUN(o.bhs[:], c.path.LUN)
+	put32(o.bhs[:], 16, t.itt)
+	put32(o.bhs[:], 20, uint32(t.edtl()))
+	put32(o.bhs[:], 24, t.cmdSN)
+	put32(o.bhs[:], 28, s.expStatSN)
+	copy(o.bhs[32:48], t.cdb[:])
+	if t.read != nil {
+		o.bhs[1] |= flagRead
 	}
-	h[1] |= 0x20 // W
-	// Immediate data, then unsolicited Data-Out, up to FirstBurstLength.
+	if t.write == nil {
+		c.out.push(o)
+		return
+	}
+	o.bhs[1] |= flagWrite
+	p := c.p
 	unsolicited := 0
-	if !p.initialR2T || p.immediateData {
+	if !p.initialR2T {
 		unsolicited = min(len(t.write), p.firstBurst)
 	}
 	imm := 0
 	if p.immediateData {
-		imm = min(unsolicited, p.sendDSL)
+		imm = min(len(t.write), p.firstBurst, p.sendDSL)
 	}
-	if p.initialR2T {
-		unsolicited = imm
-	}
+	unsolicited = max(unsolicited, imm)
 	if unsolicited > imm {
-		h[1] &^= 0x80 // F=0: unsolicited Data-Out follows
+		o.bhs[1] &^= flagFinal // unsolicited Data-Out follows
 	}
-	s.out.push(s.seal(h, t.write[:imm]))
+	if imm > 0 {
+		o.data, o.t = t.write[:imm], t
+		t.pending.Add(1)
+	}
+	c.out.push(o)
 	if unsolicited > imm {
-		s.dataOut(t, reservedTag, imm, unsolicited-imm, 0)
-	}
-	return nil
-}
-
-// dataOut queues Data-Out PDUs for t's bytes [off, off+n). s.mu held.
-func (s *Session) dataOut(t *task, ttt uint32, off, n int, _ int) {
-	var sn uint32
-	end := off + n
-	for o := off; o < end; o += s.p.sendDSL {
-		m := min(s.p.sendDSL, end-o)
-		h := header(opDataOut, false, 0)
-		if o+m == end {
-			h[1] = 0x80
-		}
-		encodeLUN(h, s.cfg.LUN)
-		put32(h, 16, t.itt)
-		put32(h, 20, ttt)
-		put32(h, 28, s.expStatSN)
-		put32(h, 36, sn)
-		put32(h, 40, uint32(o))
-		s.out.push(s.seal(h, t.write[o:o+m]))
-		sn++
+		c.out.dataOut(t, c.path.LUN, reservedTag, s.expStatSN, imm, unsolicited-imm, p.sendDSL)
 	}
 }
 
-// seal finishes an outgoing PDU: data length and digests. s.mu held (for p).
-func (s *Session) seal(h, data []byte) outPDU {
-	setDataLen(h, len(data))
-	o := outPDU{hdr: h, data: data}
-	if s.p.headerDigest {
-		var d [4]byte
-		binary.LittleEndian.PutUint32(d[:], crc32c(h))
-		o.hdr = append(o.hdr, d[:]...)
-	}
-	o.pad = pad4(len(data)) - len(data)
-	if s.p.dataDigest && len(data) > 0 {
-		o.digest = make([]byte, 4)
-		binary.LittleEndian.PutUint32(o.digest, crc32c(data, zeros[:o.pad]))
-	}
-	return o
-}
-
-var zeros [4]byte
-
-// updateSN takes ExpCmdSN/MaxCmdSN from a target PDU. s.mu held.
+// updateSN takes ExpCmdSN and MaxCmdSN from a target PDU (RFC 7143
+// §4.2.2.1): stale or inconsistent values are ignored. s.mu held.
 func (s *Session) updateSN(p *pdu) {
 	exp, max := p.u32(28), p.u32(32)
-	if !snLE(exp-1, max) { // MaxCmdSN < ExpCmdSN-1: ignore (RFC 7143 §4.2.2.1)
+	if !snLE(exp-1, max) || !snLE(s.maxCmdSN, max) || s.maxCmdSN == max {
 		return
 	}
-	if snLE(s.maxCmdSN, max) {
-		if s.maxCmdSN != max {
-			s.maxCmdSN = max
-			s.cond.Broadcast()
-		}
-	}
+	s.maxCmdSN = max
+	s.broadcast()
 }
 
-func (s *Session) statSN(p *pdu) {
-	if sn := p.u32(24); snLE(s.expStatSN, sn+1) {
+// statSN advances ExpStatSN past a PDU that consumed StatSN sn. s.mu held.
+func (s *Session) statSN(sn uint32) {
+	if snLE(s.expStatSN, sn) {
 		s.expStatSN = sn + 1
 	}
 }
 
-// complete finishes a task. s.mu held.
-func (s *Session) complete(t *task) {
-	delete(s.tasks, t.itt)
-	close(t.done)
-}
-
-// reader handles every PDU of one connection until it fails.
-func (s *Session) reader(conn net.Conn, gen int, p params) {
-	scratch := make([]byte, 1024)
-	var discard []byte
-	for {
-		var in pdu
-		n, err := readHeader(conn, &in, p.headerDigest, scratch)
-		if err != nil {
-			s.lost(gen, err)
-			return
-		}
-		op := in.opcode()
-		s.mu.Lock()
-		s.lastRecv, s.pingOut = time.Now(), time.Time{}
-		t := s.tasks[in.itt()]
-		if t != nil && t.gen != gen {
-			t = nil
-		}
-		s.mu.Unlock()
-
-		if op == opDataIn && t != nil {
-			off := int(in.u32(40))
-			if off < 0 || off+n > len(t.read) {
-				s.lost(gen, fmt.Errorf("iscsi: Data-In of %d bytes at %d outside a %d-byte buffer", n, off, len(t.read)))
-				return
-			}
-			if err := readData(conn, t.read[off:off+n], p.dataDigest); err != nil {
-				s.lost(gen, err)
-				return
-			}
-		} else {
-			if cap(discard) < n {
-				discard = make([]byte, n)
-			}
-			in.data = discard[:n]
-			if err := readData(conn, in.data, p.dataDigest); err != nil {
-				s.lost(gen, err)
-				return
-			}
-		}
-
-		s.mu.Lock()
-		switch op {
-		case opDataIn:
-			s.updateSN(&in)
-			if in.flags()&0x01 != 0 { // S: phase-collapsed status
-				s.statSN(&in)
-				if t != nil {
-					t.status = in.bhs[3]
-					if in.flags()&0x02 != 0 { // U
-						t.residual = int(in.u32(44))
-					}
-					s.complete(t)
-				}
-			}
-		case opSCSIResp:
-			s.updateSN(&in)
-			s.statSN(&in)
-			if t != nil {
-				t.response, t.status = in.bhs[2], in.bhs[3]
-				if in.flags()&0x02 != 0 {
-					t.residual = int(in.u32(44))
-				}
-				if len(in.data) >= 2 {
-					sl := int(binary.BigEndian.Uint16(in.data))
-					if sl <= len(in.data)-2 {
-						t.sense = append([]byte(nil), in.data[2:2+sl]...)
-					}
-				}
-				s.complete(t)
-			}
-		case opR2T:
-			s.updateSN(&in)
-			if t != nil && t.write != nil {
-				off, length := int(in.u32(40)), int(in.u32(44))
-				if off < 0 || length <= 0 || off+length > len(t.write) {
-					s.mu.Unlock()
-					s.lost(gen, fmt.Errorf("iscsi: R2T for %d bytes at %d outside a %d-byte write", length, off, len(t.write)))
-					return
-				}
-				s.dataOut(t, in.u32(20), off, length, 0)
-			}
-		case opNOPIn:
-			s.updateSN(&in)
-			if in.itt() != reservedTag {
-				s.statSN(&in)
-			}
-			if ttt := in.u32(20); ttt != reservedTag { // the target pings us
-				h := header(opNOPOut, true, 0x80)
-				copy(h[8:16], in.bhs[8:16])
-				put32(h, 16, reservedTag)
-				put32(h, 20, ttt)
-				put32(h, 24, s.cmdSN)
-				put32(h, 28, s.expStatSN)
-				s.out.push(s.seal(h, nil))
-			}
-		case opLogoutResp:
-			s.statSN(&in)
-			if s.logoutDone != nil {
-				close(s.logoutDone)
-				s.logoutDone = nil
-			}
-		case opAsync:
-			s.updateSN(&in)
-			s.statSN(&in)
-			if ev := in.bhs[36]; ev >= 1 && ev <= 3 { // logout requested, connection or session drop
-				s.mu.Unlock()
-				s.lost(gen, fmt.Errorf("iscsi: target asked to end the connection (event %d)", ev))
-				return
-			}
-		case opReject:
-			s.statSN(&in)
-			s.mu.Unlock()
-			s.lost(gen, fmt.Errorf("iscsi: target rejected a PDU (reason 0x%02x)", in.bhs[2]))
-			return
-		}
-		s.mu.Unlock()
+func (s *Session) event(name string) {
+	if s.cfg.OnEvent != nil {
+		s.cfg.OnEvent(name)
 	}
 }
 
-// lost handles the failure of connection gen: every in-flight command is
-// reissued on a new connection of a reinstated session.
-func (s *Session) lost(gen int, cause error) {
-	s.mu.Lock()
-	if gen != s.gen || s.closed || s.closing || s.recovering {
-		s.mu.Unlock()
-		return
-	}
-	s.recovering = true
-	s.conn.Close()
-	s.out.close()
-	var pending []*task
-	for itt, t := range s.tasks {
-		pending = append(pending, t)
-		delete(s.tasks, itt)
-	}
-	s.mu.Unlock()
-	s.log.Warn().Err(cause).Int("in_flight", len(pending)).Msg("iscsi connection lost: reconnecting")
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		s.recover(pending, cause)
-	}()
-}
-
-func (s *Session) recover(pending []*task, cause error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ReconnectTimeout)
-	defer cancel()
-	delay := 100 * time.Millisecond
-	for {
-		s.mu.Lock()
-		closed := s.closed
-		s.mu.Unlock()
-		if closed {
-			s.failAll(pending, ErrClosed)
-			return
-		}
-		conn, st, err := s.connect(ctx)
-		if err == nil {
-			s.mu.Lock()
-			if s.closed || s.closing {
-				s.recovering = false
-				s.cond.Broadcast()
-				s.mu.Unlock()
-				conn.Close()
-				s.failAll(pending, ErrClosed)
-				return
-			}
-			s.recovering = false
-			s.reconnects++
-			s.install(conn, st)
-			s.mu.Unlock()
-			s.log.Info().Int("reissued", len(pending)).Msg("iscsi session reinstated")
-			for _, t := range pending {
-				go func() {
-					if err := s.submit(t); err != nil {
-						t.err = err
-						close(t.done)
-					}
-				}()
-			}
-			return
-		}
-		if ctx.Err() != nil || jobs.IsPermanent(err) {
-			err = fmt.Errorf("iscsi: connection to %s lost (%v) and not re-established: %w", s.cfg.Target, cause, err)
-			s.mu.Lock()
-			s.fatal = err
-			s.recovering = false
-			s.cond.Broadcast()
-			s.mu.Unlock()
-			s.failAll(pending, err)
-			return
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(delay):
-		}
-		delay = min(2*delay, 2*time.Second)
-	}
-}
-
-func (s *Session) failAll(ts []*task, err error) {
-	for _, t := range ts {
-		t.err = err
-		close(t.done)
-	}
-}
-
-// keepalive pings an idle connection and drops one whose ping goes
-// unanswered, so a silent network failure becomes a reconnect.
-func (s *Session) keepalive() {
-	defer s.wg.Done()
-	tick := time.NewTicker(s.cfg.NOPInterval / 2)
-	defer tick.Stop()
-	for {
-		select {
-		case <-s.stop:
-			return
-		case <-tick.C:
-		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			return
-		}
-		if s.recovering {
-			s.mu.Unlock()
-			continue
-		}
-		now, gen := time.Now(), s.gen
-		switch {
-		case !s.pingOut.IsZero() && now.Sub(s.pingOut) > s.cfg.NOPInterval:
-			s.mu.Unlock()
-			s.lost(gen, errors.New("iscsi: NOP ping unanswered"))
-			continue
-		case s.pingOut.IsZero() && now.Sub(s.lastRecv) > s.cfg.NOPInterval:
-			h := header(opNOPOut, true, 0x80)
-			encodeLUN(h, s.cfg.LUN)
-			put32(h, 16, s.nextITT)
-			s.nextITT++
-			put32(h, 20, reservedTag)
-			put32(h, 24, s.cmdSN)
-			put32(h, 28, s.expStatSN)
-			s.out.push(s.seal(h, nil))
-			s.pingOut = now
-		}
-		s.mu.Unlock()
-	}
-}
-
-// Reconnects is how many times the session was reinstated.
+// Reconnects is how many times the session was reinstated on a new
+// connection.
 func (s *Session) Reconnects() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.reconnects
 }
 
-// Close logs out (best effort, 5 s) and ends the session. In-flight
-// commands fail with ErrClosed.
+// negotiated returns the parameters of the current (or last) connection.
+func (s *Session) negotiated() params {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Path is the path the session is (or was last) connected through.
+func (s *Session) Path() Path {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		return s.conn.path
+	}
+	return s.cfg.Paths[s.path]
+}
+
+// logoutTimeout bounds the wait for a Logout Response at Close.
+const logoutTimeout = 5 * time.Second
+
+// Close logs out (waiting at most 5 s for the target's answer) and ends
+// the session. Commands still in flight fail with ErrClosed. It always
+// returns nil; a second Close waits for the first.
 func (s *Session) Close() error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closing {
 		s.mu.Unlock()
+		<-s.ended
 		return nil
 	}
 	s.closing = true
+	c := s.conn
 	var wait chan struct{}
-	if !s.recovering && s.fatal == nil {
+	if c != nil {
 		wait = make(chan struct{})
 		s.logoutDone = wait
-		h := header(opLogoutReq, true, 0x80) // close the session
-		put32(h, 16, s.nextITT)
-		s.nextITT++
-		put32(h, 24, s.cmdSN)
-		put32(h, 28, s.expStatSN)
-		s.out.push(s.seal(h, nil))
+		var o outPDU
+		header(&o.bhs, opLogoutReq, true, flagFinal) // reason 0: close the session
+		put32(o.bhs[:], 16, s.newITT())
+		put32(o.bhs[:], 24, s.cmdSN)
+		put32(o.bhs[:], 28, s.expStatSN)
+		c.out.push(o)
 	}
+	s.broadcast()
 	s.mu.Unlock()
 	if wait != nil {
 		select {
 		case <-wait:
-		case <-time.After(5 * time.Second):
+		case <-c.done:
+		case <-time.After(logoutTimeout):
 		}
 	}
+	s.cancel()
 	s.mu.Lock()
-	s.closed = true
-	if s.conn != nil {
-		s.conn.Close()
-	}
-	if s.out != nil {
-		s.out.close()
-	}
-	var pending []*task
-	for itt, t := range s.tasks {
-		pending = append(pending, t)
-		delete(s.tasks, itt)
-	}
-	s.cond.Broadcast()
-	close(s.stop)
+	c, s.conn = s.conn, nil
 	s.mu.Unlock()
-	s.failAll(pending, ErrClosed)
+	if c != nil {
+		c.nc.Close()
+		c.out.close()
+	}
 	s.wg.Wait()
+	// Readers and writers are gone: no task buffer is touched any more.
+	s.mu.Lock()
+	for itt, t := range s.tasks {
+		delete(s.tasks, itt)
+		t.fail(ErrClosed)
+	}
+	s.mu.Unlock()
+	close(s.ended)
 	return nil
 }

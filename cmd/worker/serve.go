@@ -72,7 +72,8 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		}
 	}()
 
-	deps, err := wire(ctx, c, log, journal, &cleanups)
+	m := metrics.New()
+	deps, err := wire(ctx, c, log, journal, m, &cleanups)
 	if err != nil {
 		return err
 	}
@@ -81,7 +82,6 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
 
-	m := metrics.New()
 	volumes, connector, events := m.Volumes(deps.volumes), m.Connector(deps.connector), m.Events(q)
 	copier := &blockio.Copier{}
 	downloads := &jobs.Downloads{Volumes: volumes, Connector: connector, Copier: copier, Log: log}

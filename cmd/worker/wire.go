@@ -11,12 +11,15 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cinderport/cinderport/blockio"
+	"github.com/cinderport/cinderport/blockio/iscsi"
+	"github.com/cinderport/cinderport/blockio/kernel"
 	"github.com/cinderport/cinderport/cinder"
 	"github.com/cinderport/cinderport/cinder/local"
 	"github.com/cinderport/cinderport/internal/embedded"
 	"github.com/cinderport/cinderport/jobs"
 	"github.com/cinderport/cinderport/jobs/queue"
 	"github.com/cinderport/cinderport/jobs/queue/natsembed"
+	"github.com/cinderport/cinderport/metrics"
 	"github.com/cinderport/cinderport/staging"
 	"github.com/cinderport/cinderport/staging/s3local"
 	"github.com/cinderport/cinderport/state"
@@ -38,7 +41,7 @@ type deps struct {
 
 // wire builds the adapters: the configured services, or the embedded
 // default for each one that is not configured.
-func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Journal, cleanups *[]func()) (deps, error) {
+func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Journal, m *metrics.Metrics, cleanups *[]func()) (deps, error) {
 	var d deps
 	natsURL := c.natsURL
 	if natsURL == "" {
@@ -107,12 +110,31 @@ func wire(ctx context.Context, c config, log zerolog.Logger, journal *state.Jour
 	}
 	if c.initiatorIQN != "" {
 		ccfg.Connector.InitiatorName = c.initiatorIQN
+	} else if c.connector == "kernel" {
+		// Cinder must export the volume to the name iscsid logs in with.
+		if ccfg.Connector.InitiatorName, err = kernel.InitiatorName(kernel.DefaultInitiatorFile); err != nil {
+			return d, fmt.Errorf("--connector kernel: %w (or set --initiator-iqn)", err)
+		}
 	}
 	cl, err := cinder.New(ctx, ccfg, cinder.WithHostStore(journal), cinder.WithLogger(log.With().Str("component", "cinder").Logger()))
 	if err != nil {
 		return d, fmt.Errorf("cinder: %w", err)
 	}
 	d.volumes, d.cinder = cl, cl
+	if c.connector == "kernel" {
+		kc, err := kernel.NewConnector(kernel.Config{Log: log.With().Str("component", "iscsiadm").Logger()})
+		if err != nil {
+			return d, err
+		}
+		router["iscsi"] = kc
+		return d, nil
+	}
+	ic, err := iscsi.NewConnector(iscsi.Config{InitiatorName: cl.Connector().InitiatorName,
+		Log: log.With().Str("component", "iscsi").Logger(), OnEvent: m.SessionEvent})
+	if err != nil {
+		return d, err
+	}
+	router["iscsi"] = ic
 	return d, nil
 }
 

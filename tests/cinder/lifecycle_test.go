@@ -12,34 +12,33 @@ import (
 	"github.com/cinderport/cinderport/jobs"
 )
 
-// iscsiConfig turns Cinder's iSCSI connection info into the initiator's
-// configuration, checking that it carries CHAP credentials.
-func iscsiConfig(t *testing.T, initiator string, conn jobs.Connection) iscsi.Config {
+// connect attaches Cinder's iSCSI connection info with the userspace
+// initiator, as the worker does, checking first that it carries CHAP
+// credentials. secret, when set, replaces the CHAP secret Cinder gave.
+func connect(ctx context.Context, t *testing.T, initiator string, conn jobs.Connection, secret string) (jobs.Device, error) {
 	t.Helper()
 	if conn.Driver != "iscsi" {
 		t.Fatalf("driver %q, want iscsi", conn.Driver)
 	}
-	str := func(k string) string {
-		v, ok := conn.Data[k].(string)
-		if !ok || v == "" {
-			t.Fatalf("connection info has no %s", k)
-		}
-		return v
-	}
-	if m := str("auth_method"); m != "CHAP" {
+	if m, _ := conn.Data["auth_method"].(string); m != "CHAP" {
 		t.Fatalf("auth_method %q, want CHAP", m)
 	}
-	lun, ok := conn.Data["target_lun"].(float64)
-	if !ok {
-		t.Fatalf("connection info has no numeric target_lun")
+	if u, _ := conn.Data["auth_username"].(string); u == "" {
+		t.Fatal("connection info has no auth_username")
 	}
-	return iscsi.Config{
-		InitiatorName: initiator,
-		Portals:       []string{str("target_portal")},
-		Target:        str("target_iqn"),
-		LUN:           int(lun),
-		Auth:          iscsi.Auth{User: str("auth_username"), Secret: str("auth_password")},
+	if secret != "" {
+		data := make(map[string]any, len(conn.Data))
+		for k, v := range conn.Data {
+			data[k] = v
+		}
+		data["auth_password"] = secret
+		conn.Data = data
 	}
+	c, err := iscsi.NewConnector(iscsi.Config{InitiatorName: initiator})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c.Connect(ctx, conn, jobs.ReadWrite)
 }
 
 func pattern(n int, seed byte) []byte {
@@ -96,14 +95,12 @@ func TestVolumeLifecycle(t *testing.T) {
 
 	// An independent proof: the userspace initiator logs in with the CHAP
 	// credentials and writes; the bytes land in the file behind the LUN.
-	cfg := iscsiConfig(t, c.Connector().InitiatorName, att.Connection)
-	wrong := cfg
-	wrong.Auth.Secret = "not-" + cfg.Auth.Secret
-	if dev, err := iscsi.Open(ctx, wrong, false); err == nil {
+	initiator := c.Connector().InitiatorName
+	if dev, err := connect(ctx, t, initiator, att.Connection, "not-the-secret-cinder-gave"); err == nil {
 		dev.Close()
 		t.Fatal("Cinder's target let in a wrong CHAP secret")
 	}
-	dev, err := iscsi.Open(ctx, cfg, false)
+	dev, err := connect(ctx, t, initiator, att.Connection, "")
 	if err != nil {
 		t.Fatalf("log into Cinder's target: %v", err)
 	}
@@ -227,8 +224,8 @@ func TestOnlineExtend(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Detach(context.WithoutCancel(ctx), att.ID) })
-	cfg := iscsiConfig(t, c.Connector().InitiatorName, att.Connection)
-	dev, err := iscsi.Open(ctx, cfg, false)
+	initiator := c.Connector().InitiatorName
+	dev, err := connect(ctx, t, initiator, att.Connection, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,11 +238,11 @@ func TestOnlineExtend(t *testing.T) {
 	if got, _ := c.GetVolume(ctx, v.ID); got.SizeGiB != 3 || got.Status != "in-use" {
 		t.Fatalf("after online extend: %+v", got)
 	}
-	if err := jobs.Refresher(dev).Refresh(ctx); err != nil {
+	if err := dev.(jobs.Refresher).Refresh(ctx); err != nil {
 		t.Logf("the session open during the extend did not survive the target's re-creation: %v", err)
 	}
 	dev.Close()
-	dev, err = iscsi.Open(ctx, cfg, false)
+	dev, err = connect(ctx, t, initiator, att.Connection, "")
 	if err != nil {
 		t.Fatalf("log in after the extend: %v", err)
 	}

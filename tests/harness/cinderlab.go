@@ -267,7 +267,7 @@ func (l *CinderLab) up(ctx context.Context) error {
 	// Tier 1: tgtd, PostgreSQL, RabbitMQ and the files, side by side.
 	err := parallel(
 		func() error {
-			d, err := startTgtd(l.tgtdPath, l.path("logs"))
+			d, err := startTgtd(l.tgtdPath, l.path("logs"), "127.0.0.1")
 			if err != nil {
 				return err
 			}

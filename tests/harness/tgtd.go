@@ -15,15 +15,16 @@ import (
 )
 
 // Tgtd is a tgtd (Debian tgt: a real userspace iSCSI target) run for a test
-// on 127.0.0.1 with its own portal and control port.
+// on loopback with its own portal and control port.
 type Tgtd struct {
-	Portal  string // 127.0.0.1:port
+	Portal  string // host:port
 	control int
 	t       testing.TB
 	cmd     *exec.Cmd
 	done    chan struct{}
 	mu      sync.Mutex
 	nextTID int
+	dir     string // backing files and the log
 }
 
 // Target is a target with one LUN backed by a sparse file.
@@ -46,12 +47,28 @@ type TargetOptions struct {
 	Params map[string]string
 }
 
-// StartTgtd runs tgtd in the foreground; it is stopped at cleanup.
+// StartTgtd runs tgtd in the foreground on 127.0.0.1; it is stopped at
+// cleanup.
 func StartTgtd(t testing.TB) *Tgtd {
+	t.Helper()
+	return StartTgtdAt(t, "127.0.0.1")
+}
+
+// StartTgtdAt runs tgtd with its portal on host, a loopback address
+// (tgtd never redirects an initiator to its own address: a redirect test
+// needs a second tgtd on another one, such as 127.0.0.2).
+func StartTgtdAt(t testing.TB, host string) *Tgtd {
 	t.Helper()
 	bin := Need(t, "tgtd", "tgtd (Debian package tgt)")
 	Need(t, "tgtadm", "tgtadm (Debian package tgt)")
-	d, err := startTgtd(bin, t.TempDir())
+	// tgtadm splits --backing-store at commas, which test names may hold:
+	// the LUNs live in a directory of our own naming.
+	dir, err := os.MkdirTemp("", "cinderport-tgtd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d, err := startTgtd(bin, dir, host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,18 +77,18 @@ func StartTgtd(t testing.TB) *Tgtd {
 	return d
 }
 
-// startTgtd runs tgtd with its log in dir, on a free portal and a random
-// control port; the caller stops it. Adm needs a test: it is set by
-// StartTgtd only.
-func startTgtd(bin, dir string) (*Tgtd, error) {
-	d := &Tgtd{nextTID: 1}
+// startTgtd runs tgtd with its log and LUNs in dir, on a free portal on
+// host and a random control port; the caller stops it. Adm needs a test:
+// it is set by StartTgtdAt only.
+func startTgtd(bin, dir, host string) (*Tgtd, error) {
+	d := &Tgtd{nextTID: 1, dir: dir}
 	for attempt := 0; ; attempt++ {
 		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		d.control = 1000 + rand.IntN(30000)
-		d.Portal = "127.0.0.1:" + strconv.Itoa(port)
+		d.Portal = host + ":" + strconv.Itoa(port)
 		d.cmd = exec.Command(bin, "-f", "-C", strconv.Itoa(d.control), "--iscsi", "portal="+d.Portal)
 		logf, err := os.CreateTemp(dir, "tgtd-*.log")
 		if err != nil {
@@ -125,12 +142,18 @@ func (d *Tgtd) adm(args ...string) (string, error) {
 	return string(out), nil
 }
 
-// Adm runs tgtadm against this tgtd and fails the test on error.
+// Adm runs tgtadm against this tgtd and fails the test that started it on
+// error.
 func (d *Tgtd) Adm(args ...string) string {
 	d.t.Helper()
+	return d.admT(d.t, args...)
+}
+
+func (d *Tgtd) admT(t testing.TB, args ...string) string {
+	t.Helper()
 	out, err := d.adm(args...)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return out
 }
@@ -143,7 +166,7 @@ func (d *Tgtd) AddTarget(t testing.TB, size int64, o TargetOptions) Target {
 	tid := d.nextTID
 	d.nextTID++
 	d.mu.Unlock()
-	path := filepath.Join(t.TempDir(), fmt.Sprintf("lun%d.img", tid))
+	path := filepath.Join(d.dir, fmt.Sprintf("lun%d.img", tid))
 	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
@@ -152,21 +175,34 @@ func (d *Tgtd) AddTarget(t testing.TB, size int64, o TargetOptions) Target {
 	f.Close()
 	iqn := fmt.Sprintf("iqn.2026-11.io.cinderport.test:t%d-%d", tid, rand.IntN(1e6))
 	tids := strconv.Itoa(tid)
-	d.Adm("--mode", "target", "--op", "new", "--tid", tids, "--targetname", iqn)
-	d.Adm("--mode", "logicalunit", "--op", "new", "--tid", tids, "--lun", "1", "--backing-store", path)
-	d.Adm("--mode", "target", "--op", "bind", "--tid", tids, "--initiator-address", "ALL")
+	d.admT(t, "--mode", "target", "--op", "new", "--tid", tids, "--targetname", iqn)
+	d.admT(t, "--mode", "logicalunit", "--op", "new", "--tid", tids, "--lun", "1", "--backing-store", path)
+	d.admT(t, "--mode", "target", "--op", "bind", "--tid", tids, "--initiator-address", "ALL")
 	if o.User != "" {
 		d.adm("--mode", "account", "--op", "new", "--user", o.User, "--password", o.Secret)
-		d.Adm("--mode", "account", "--op", "bind", "--tid", tids, "--user", o.User)
+		d.admT(t, "--mode", "account", "--op", "bind", "--tid", tids, "--user", o.User)
 	}
 	if o.TargetUser != "" {
 		d.adm("--mode", "account", "--op", "new", "--user", o.TargetUser, "--password", o.TargetSecret)
-		d.Adm("--mode", "account", "--op", "bind", "--tid", tids, "--user", o.TargetUser, "--outgoing")
+		d.admT(t, "--mode", "account", "--op", "bind", "--tid", tids, "--user", o.TargetUser, "--outgoing")
 	}
 	for k, v := range o.Params {
-		d.Adm("--mode", "target", "--op", "update", "--tid", tids, "--name", k, "--value", v)
+		d.admT(t, "--mode", "target", "--op", "update", "--tid", tids, "--name", k, "--value", v)
 	}
 	return Target{TID: tid, IQN: iqn, LUN: 1, Portal: d.Portal, Path: path}
+}
+
+// URL names the LUN as qemu-img and libiscsi's tools want it.
+func (tg Target) URL() string { return fmt.Sprintf("iscsi://%s/%s/%d", tg.Portal, tg.IQN, tg.LUN) }
+
+// RemoveTarget deletes the target (ending its sessions) and its backing
+// file, so that long runs do not accumulate gigabytes of LUNs.
+func (d *Tgtd) RemoveTarget(t testing.TB, tg Target) {
+	t.Helper()
+	d.admT(t, "--mode", "target", "--op", "delete", "--force", "--tid", strconv.Itoa(tg.TID))
+	if err := os.Remove(tg.Path); err != nil {
+		t.Error(err)
+	}
 }
 
 // Connections lists the ids of the sessions' connections on a target, as
@@ -210,18 +246,36 @@ func (d *Tgtd) kill() {
 	<-d.done
 }
 
-// Stop deletes everything and ends tgtd (it ignores SIGTERM).
+// Stop deletes every target and ends tgtd (it ignores SIGTERM, and
+// refuses to shut down while targets exist).
 func (d *Tgtd) Stop() {
 	select {
 	case <-d.done:
 		return
 	default:
 	}
-	exec.Command("tgtadm", "-C", strconv.Itoa(d.control), "--op", "update", "--mode", "sys", "--name", "State", "-v", "offline").Run()
-	exec.Command("tgtadm", "-C", strconv.Itoa(d.control), "--op", "delete", "--mode", "system").Run()
+	d.adm("--mode", "sys", "--op", "update", "--name", "State", "-v", "offline")
+	for _, tid := range d.tids() {
+		d.adm("--mode", "target", "--op", "delete", "--force", "--tid", tid)
+	}
+	d.adm("--mode", "system", "--op", "delete")
 	select {
 	case <-d.done:
 	case <-time.After(5 * time.Second):
 		d.kill()
 	}
+}
+
+// tids lists the targets' ids.
+func (d *Tgtd) tids() []string {
+	out, _ := d.adm("--mode", "target", "--op", "show")
+	var ids []string
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "Target "); ok {
+			if id, _, ok := strings.Cut(rest, ":"); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	return ids
 }
