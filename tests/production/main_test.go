@@ -1,0 +1,35 @@
+// Package production runs cinderport the way it is deployed: worker
+// processes against a real nats-server, a real MinIO, and a real Keystone +
+// Cinder whose LVM driver exports volumes through tgtd, attached with the
+// userspace iSCSI initiator.
+package production
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/cinderport/cinderport/tests/harness"
+)
+
+var (
+	binDir string
+	lab    harness.SharedCinderLab
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "cinderport-production-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if err := harness.BuildBinaries(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	lab.Close()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
