@@ -63,6 +63,7 @@ func (c *cli) flags(name, synopsis string) *envflag.Set {
 	fs.String(&c.s3.SecretKey, "s3-secret-key", "", "S3 secret key")
 	fs.String(&c.s3.Region, "s3-region", "", "S3 region")
 	fs.Bool(&c.s3.Secure, "s3-tls", false, "use HTTPS for S3")
+	fs.String(&c.s3.CAFile, "s3-tls-ca", "", "CA bundle for the S3 endpoint's certificate (implies --s3-tls)")
 	fs.String(&c.bucket, "bucket", "", "staging bucket (default: cinderport-staging, or the embedded worker's)")
 	fs.String(&c.workerURL, "worker-url", "", "a worker's HTTP API for downloads (default: the embedded worker's)")
 	fs.String(&c.workerCA, "worker-tls-ca", "", "CA bundle for a worker HTTP API served over TLS")
@@ -141,6 +142,9 @@ func (c *cli) stagingClient(ctx context.Context) (*staging.Client, error) {
 	}
 	if c.s3.Endpoint == "" {
 		return nil, errors.New("no S3 staging endpoint: pass --s3-endpoint or run an embedded worker")
+	}
+	if c.s3.CAFile != "" {
+		c.s3.Secure = true
 	}
 	return staging.New(c.s3)
 }
