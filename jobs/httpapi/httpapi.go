@@ -194,6 +194,9 @@ func parseRange(h string, size int64) (off, n int64, partial bool, err error) {
 		if err != nil || k <= 0 {
 			return 0, 0, false, errors.New("invalid range")
 		}
+		if size == 0 { // RFC 9110: no byte of an empty image can be selected
+			return 0, 0, false, errors.New("range of an empty image")
+		}
 		k = min(k, size)
 		return size - k, k, true, nil
 	}

@@ -2,6 +2,7 @@ package s3local
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
@@ -195,16 +196,21 @@ func (c *chunked) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// line reads one header line. ReadSlice keeps it within the reader's
+// buffer: a line without an end cannot make the server buffer the body.
 func (c *chunked) line() (string, error) {
-	l, err := c.r.ReadString('\n')
+	l, err := c.r.ReadSlice('\n')
+	if errors.Is(err, bufio.ErrBufferFull) || len(l) > 4096 {
+		return "", errors.New("IncompleteBody: chunk header too long")
+	}
 	if err != nil {
 		return "", fmt.Errorf("IncompleteBody: %w", err)
 	}
-	if len(l) > 4096 {
-		return "", errors.New("IncompleteBody: chunk header too long")
-	}
-	return strings.TrimRight(l, "\r\n"), nil
+	return strings.TrimRight(string(l), "\r\n"), nil
 }
+
+// maxTrailers bounds the trailer lines after the last chunk.
+const maxTrailers = 64
 
 func (c *chunked) header() error {
 	l, err := c.line()
@@ -225,10 +231,13 @@ func (c *chunked) header() error {
 		if err := c.verifyChunk(); err != nil {
 			return err
 		}
-		for { // trailers, if any, end with an empty line (or EOF)
-			l, err := c.r.ReadString('\n')
-			if strings.TrimRight(l, "\r\n") == "" || err != nil {
+		for i := 0; ; i++ { // trailers, if any, end with an empty line (or EOF)
+			l, err := c.r.ReadSlice('\n')
+			if len(bytes.TrimRight(l, "\r\n")) == 0 || err != nil {
 				break
+			}
+			if i == maxTrailers {
+				return errors.New("IncompleteBody: too many trailers")
 			}
 		}
 		c.done = true
