@@ -86,9 +86,9 @@ func TestBucketNotificationsBecomeUploadJobs(t *testing.T) {
 	w := startWorker(t, dataDir, flags...)
 	q, nc := openQueue(t, natsURL)
 	js, _ := jetstream.New(nc)
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(w.logs(), "notification bridge running"); time.Sleep(50 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(w.Logs(), "notification bridge running"); time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the bridge did not start:\n%s", w.logs())
+			t.Fatalf("the bridge did not start:\n%s", w.Logs())
 		}
 	}
 
@@ -106,13 +106,13 @@ func TestBucketNotificationsBecomeUploadJobs(t *testing.T) {
 		t.Fatalf("eTag %s, then %s", ev.ETag, again.ETag)
 	}
 	last = notificationsSettled(t, js, last, time.Minute)
-	if !strings.Contains(w.logs(), "a duplicate, no new job") {
+	if !strings.Contains(w.Logs(), "a duplicate, no new job") {
 		t.Error("the bridge did not report the repeated notification as a duplicate")
 	}
 	if info, _ := q.DeadLetters(ctx); len(info) != 0 {
 		t.Errorf("dead letters: %+v", info)
 	}
-	if v := w.volumeFiles(); len(v) != 1 {
+	if v := w.VolumeFiles(); len(v) != 1 {
 		t.Errorf("%d volumes after putting the same object twice, want 1", len(v))
 	}
 	// Outside the prefix: nothing.
@@ -128,13 +128,13 @@ func TestBucketNotificationsBecomeUploadJobs(t *testing.T) {
 	if done.State != jobs.StateCompleted || done.ImageID != imageID || done.Result.Size != 1<<30 || done.Result.Checksum != sum {
 		t.Fatalf("job of the 1 GiB multipart object: %+v", done)
 	}
-	if !strings.Contains(w.logs(), "s3:ObjectCreated:CompleteMultipartUpload") {
+	if !strings.Contains(w.Logs(), "s3:ObjectCreated:CompleteMultipartUpload") {
 		t.Error("no CompleteMultipartUpload notification in the bridge's log")
 	}
 	last = notificationsSettled(t, js, last, time.Minute)
 
 	// A notification that arrives while no bridge runs is kept for the next.
-	w.stop()
+	w.Stop()
 	ev, sum = putObject(t, mc, "stage", "incoming/after-restart.raw", 4<<20, 24, 0, nil)
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		st, _ := js.Stream(ctx, queue.NotificationStream)
@@ -151,7 +151,7 @@ func TestBucketNotificationsBecomeUploadJobs(t *testing.T) {
 	if done.State != jobs.StateCompleted || done.ImageID != "after-restart" || done.Result.Checksum != sum {
 		t.Fatalf("job of the object put while the bridge was down: %+v", done)
 	}
-	if v := w.volumeFiles(); len(v) != 3 {
+	if v := w.VolumeFiles(); len(v) != 3 {
 		t.Errorf("%d volumes, want 3", len(v))
 	}
 }

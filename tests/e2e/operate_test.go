@@ -57,7 +57,7 @@ func TestDownloadsNeedAuthentication(t *testing.T) {
 	defer cancel()
 	w := startWorker(t, "")
 	img, r := uploadSmall(ctx, t, w, "auth-1", 3<<20+7)
-	plain := w.ep.HTTPURL + httpapi.ImagePath(r.VolumeID)
+	plain := w.Endpoints.HTTPURL + httpapi.ImagePath(r.VolumeID)
 
 	if code, body, hdr := get(t, plain); code != http.StatusUnauthorized || hdr.Get("WWW-Authenticate") == "" {
 		t.Errorf("anonymous download: %d %s", code, body)
@@ -69,7 +69,7 @@ func TestDownloadsNeedAuthentication(t *testing.T) {
 	if code, body, _ := get(t, plain+"?"+forged); code != http.StatusForbidden {
 		t.Errorf("wrongly signed download: %d %s", code, body)
 	}
-	keys, err := httpapi.LoadKeys(filepath.Join(w.dataDir, "download.key"))
+	keys, err := httpapi.LoadKeys(filepath.Join(w.DataDir, "download.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestDownloadsNeedAuthentication(t *testing.T) {
 		t.Errorf("signed range: %d, %d bytes, Content-Range %q", code, len(part), hdr.Get("Content-Range"))
 	}
 	// The signature is bound to its volume.
-	if code, _, _ := get(t, w.ep.HTTPURL+httpapi.ImagePath("another-volume")+signed[strings.Index(signed, "?"):]); code != http.StatusForbidden {
+	if code, _, _ := get(t, w.Endpoints.HTTPURL+httpapi.ImagePath("another-volume")+signed[strings.Index(signed, "?"):]); code != http.StatusForbidden {
 		t.Errorf("a signature used for another volume: %d", code)
 	}
 }
@@ -114,7 +114,7 @@ func TestMetricsAfterJobs(t *testing.T) {
 	if _, _, code := w.enqueue(ctx, "upload", "--object", "cinderport-staging/no/such", "--job-id", "metrics-bad", "--wait"); code != 1 {
 		t.Fatalf("a job on a missing object exited %d", code)
 	}
-	code, body, _ := get(t, w.ep.HTTPURL+"/metrics")
+	code, body, _ := get(t, w.Endpoints.HTTPURL+"/metrics")
 	if code != http.StatusOK {
 		t.Fatalf("/metrics: %d", code)
 	}
@@ -163,7 +163,7 @@ func TestReadyzFollowsNATS(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
 		for {
-			code, body, _ := get(t, w.ep.HTTPURL+"/readyz")
+			code, body, _ := get(t, w.Endpoints.HTTPURL+"/readyz")
 			if code == want {
 				return
 			}
@@ -176,7 +176,7 @@ func TestReadyzFollowsNATS(t *testing.T) {
 	waitStatus(http.StatusOK)
 	srv.Shutdown()
 	waitStatus(http.StatusServiceUnavailable)
-	if code, _, _ := get(t, w.ep.HTTPURL+"/healthz"); code != http.StatusOK {
+	if code, _, _ := get(t, w.Endpoints.HTTPURL+"/healthz"); code != http.StatusOK {
 		t.Errorf("/healthz %d while NATS is down: the process is alive", code)
 	}
 }
@@ -198,11 +198,11 @@ func TestSecretsNeverLeak(t *testing.T) {
 	run("status", "secrets-1", "--output", "json")
 	run("status", "secrets-bad", "--output", "json")
 	run("dead", "list")
-	_, body, _ := get(t, w.ep.HTTPURL+"/metrics")
+	_, body, _ := get(t, w.Endpoints.HTTPURL+"/metrics")
 	outputs = append(outputs, string(body))
 
 	// Every event ever published, and the dead letters, as stored in NATS.
-	nc, err := queue.Connect(ctx, w.ep.NATSURL, queue.ConnectOptions{Name: "e2e-secrets"})
+	nc, err := queue.Connect(ctx, w.Endpoints.NATSURL, queue.ConnectOptions{Name: "e2e-secrets"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,14 +222,14 @@ func TestSecretsNeverLeak(t *testing.T) {
 			}
 		}
 	}
-	w.stop()
-	outputs = append(outputs, w.logs())
+	w.Stop()
+	outputs = append(outputs, w.Logs())
 
-	key, err := os.ReadFile(filepath.Join(w.dataDir, "download.key"))
+	key, err := os.ReadFile(filepath.Join(w.DataDir, "download.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	secrets := map[string]string{"S3 secret key": w.ep.S3SecretKey, "download signing key": strings.TrimSpace(string(key))}
+	secrets := map[string]string{"S3 secret key": w.Endpoints.S3SecretKey, "download signing key": strings.TrimSpace(string(key))}
 	all := strings.Join(outputs, "\n")
 	if len(all) < 10_000 || !strings.Contains(all, `"level":"debug"`) {
 		t.Fatalf("only %d bytes of output, or no debug logs: the search would prove nothing", len(all))
@@ -281,8 +281,8 @@ func TestTLS(t *testing.T) {
 
 	natsTLS := []string{"--nats-url", srv.ClientURL(), "--nats-tls-ca", ca.File, "--nats-tls-cert", clientCert, "--nats-tls-key", clientKey}
 	w := startWorker(t, "", append(natsTLS, "--http-tls-cert", httpCert, "--http-tls-key", httpKey)...)
-	if !strings.HasPrefix(w.ep.HTTPURL, "https://") {
-		t.Fatalf("HTTP API at %s, want https", w.ep.HTTPURL)
+	if !strings.HasPrefix(w.Endpoints.HTTPURL, "https://") {
+		t.Fatalf("HTTP API at %s, want https", w.Endpoints.HTTPURL)
 	}
 	img := makeImage(t, 1<<20+3, 11)
 	stdout, stderr, code := w.enqueue(ctx, append([]string{"upload", "--file", img.path, "--job-id", "tls-1", "--wait", "--output", "json"}, natsTLS...)...)
@@ -298,7 +298,7 @@ func TestTLS(t *testing.T) {
 		t.Errorf("downloaded md5 %s, want %s", got, img.md5)
 	}
 	// The API does not answer plaintext HTTP.
-	if resp, err := http.Get("http://" + strings.TrimPrefix(w.ep.HTTPURL, "https://") + "/healthz"); err == nil {
+	if resp, err := http.Get("http://" + strings.TrimPrefix(w.Endpoints.HTTPURL, "https://") + "/healthz"); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
 			t.Error("the TLS API answered plaintext HTTP with 200")

@@ -74,18 +74,18 @@ func terminal(ev jobs.Event) bool { return ev.State.Terminal() }
 
 func (w *worker) signal(sig syscall.Signal) {
 	w.t.Helper()
-	if err := w.cmd.Process.Signal(sig); err != nil {
+	if err := w.Signal(sig); err != nil {
 		w.t.Fatalf("signal %v: %v", sig, err)
 	}
 }
 
 // volumeDir is where the worker's local volumes live.
-func (w *worker) volumeDir() string { return filepath.Join(w.dataDir, "volumes") }
+func (w *worker) volumeDir() string { return filepath.Join(w.DataDir, "volumes") }
 
 // openFiles lists the worker's open files under dir.
 func (w *worker) openFiles(dir string) []string {
 	var out []string
-	fds, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(w.cmd.Process.Pid), "fd", "*"))
+	fds, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(w.Pid()), "fd", "*"))
 	for _, fd := range fds {
 		if target, err := os.Readlink(fd); err == nil && strings.HasPrefix(target, dir) {
 			out = append(out, target)
@@ -112,11 +112,11 @@ func putFile(t *testing.T, sc *staging.Client, o jobs.Object, path string) {
 func (w *worker) journal() map[string]jobs.Record {
 	w.t.Helper()
 	select {
-	case <-w.done:
+	case <-w.Done():
 	default:
 		w.t.Fatal("journal: the worker still runs (it holds the journal's lock)")
 	}
-	j, err := state.Open(filepath.Join(w.dataDir, "journal.db"), state.Options{})
+	j, err := state.Open(filepath.Join(w.DataDir, "journal.db"), state.Options{})
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestCancelStopsARunningUploadAndDropsAQueuedOne(t *testing.T) {
 	// Checkpoints every MiB (a drain, a flush and a journal write each)
 	// keep the copy going for a few seconds.
 	w := startWorker(t, "", "--concurrency", "1", "--checkpoint-every", "1048576")
-	q, _ := openQueue(t, w.ep.NATSURL)
+	q, _ := openQueue(t, w.Endpoints.NATSURL)
 	big := makeImage(t, 1<<30, 11)
 	small := makeImage(t, 2<<20, 12)
 	if _, stderr, code := w.enqueue(ctx, "upload", "--file", big.path, "--job-id", "cancel-big"); code != 0 {
@@ -201,15 +201,15 @@ func TestCancelStopsARunningUploadAndDropsAQueuedOne(t *testing.T) {
 	if files := w.openFiles(w.volumeDir()); len(files) != 0 {
 		t.Errorf("the worker still has volume files open: %v", files)
 	}
-	if v, s := w.volumeFiles(), w.sidecars(); len(v)+len(s) != 0 {
+	if v, s := w.VolumeFiles(), w.sidecars(); len(v)+len(s) != 0 {
 		t.Errorf("cancelled jobs left volumes %v and sidecars (attachments) %v", v, s)
 	}
-	for _, l := range strings.Split(w.logs(), "\n") {
+	for _, l := range strings.Split(w.Logs(), "\n") {
 		if strings.Contains(l, `"job_id":"cancel-queued"`) && (strings.Contains(l, "created volume") || strings.Contains(l, "job started")) {
 			t.Errorf("the job cancelled while queued ran: %s", l)
 		}
 	}
-	w.stop()
+	w.Stop()
 	recs := w.journal()
 	for _, id := range []string{"cancel-big", "cancel-queued"} {
 		r := recs[id]
@@ -260,7 +260,7 @@ func TestDeadLettersFromFailuresAndExhaustedDeliveries(t *testing.T) {
 	}
 
 	// Fix the first job's cause, replay it: it completes.
-	sc, err := staging.New(staging.Config{Endpoint: w.ep.S3Endpoint, AccessKey: w.ep.S3AccessKey, SecretKey: w.ep.S3SecretKey})
+	sc, err := staging.New(staging.Config{Endpoint: w.Endpoints.S3Endpoint, AccessKey: w.Endpoints.S3AccessKey, SecretKey: w.Endpoints.S3SecretKey})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,10 +277,10 @@ func TestDeadLettersFromFailuresAndExhaustedDeliveries(t *testing.T) {
 		t.Errorf("dead letters after the replay:\n%s", list)
 	}
 	// The hung worker, resumed, gave the job up and removed its volume.
-	if !strings.Contains(w.logs(), "lost the job's lease") {
+	if !strings.Contains(w.Logs(), "lost the job's lease") {
 		t.Error("the resumed worker did not report losing the exhausted job")
 	}
-	if v := w.volumeFiles(); len(v) != 1 {
+	if v := w.VolumeFiles(); len(v) != 1 {
 		t.Errorf("%d volumes, want 1 (the replayed job's): %v", len(v), v)
 	}
 }
@@ -341,14 +341,14 @@ func TestAWorkerPausedPastItsLeaseCannotCompleteTheJob(t *testing.T) {
 	}
 	// A had time to act on its resumed run: it must have given up.
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(a.logs(), "lost the job's lease") && time.Now().Before(deadline) {
+	for !strings.Contains(a.Logs(), "lost the job's lease") && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(a.logs(), "lost the job's lease") {
+	if !strings.Contains(a.Logs(), "lost the job's lease") {
 		t.Error("A did not report losing the job")
 	}
 	time.Sleep(2 * time.Second) // anything A would still publish or ack
-	va, vb := a.volumeFiles(), b.volumeFiles()
+	va, vb := a.VolumeFiles(), b.VolumeFiles()
 	if len(va) != 0 || len(vb) != 1 || !strings.Contains(vb[0], ev.Result.VolumeID) {
 		t.Errorf("volumes: A %v, B %v; want exactly B's %s", va, vb, ev.Result.VolumeID)
 	}
@@ -358,7 +358,7 @@ func TestAWorkerPausedPastItsLeaseCannotCompleteTheJob(t *testing.T) {
 	if final, _ := q.Status(ctx, "fence-1"); final.State != jobs.StateCompleted || final.Worker != "B" {
 		t.Errorf("status after A resumed: %+v", final)
 	}
-	if strings.Contains(a.logs(), `"message":"job completed"`) {
+	if strings.Contains(a.Logs(), `"message":"job completed"`) {
 		t.Error("A completed the job")
 	}
 	if dls, _ := q.DeadLetters(ctx); len(dls) != 0 {

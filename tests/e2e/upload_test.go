@@ -41,7 +41,7 @@ func TestUploadDownloadRoundTrip(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "completed") || !strings.Contains(stdout, r.Location) {
 		t.Errorf("status exited %d: %s", code, stdout)
 	}
-	if n := len(w.volumeFiles()); n != 1 {
+	if n := len(w.VolumeFiles()); n != 1 {
 		t.Errorf("%d volumes, want 1", n)
 	}
 }
@@ -60,7 +60,7 @@ func TestDuplicateJobIDYieldsOneVolume(t *testing.T) {
 		t.Errorf("second enqueue exited %d (want 3): %s", code, stderr)
 	}
 	time.Sleep(500 * time.Millisecond) // a wrongly queued duplicate would be picked up by now
-	if n := len(w.volumeFiles()); n != 1 {
+	if n := len(w.VolumeFiles()); n != 1 {
 		t.Errorf("%d volumes after enqueueing one job id twice, want 1", n)
 	}
 }
@@ -71,7 +71,7 @@ func TestBadJobsAreDeadLetteredAndTheWorkerGoesOn(t *testing.T) {
 	w := startWorker(t, "")
 
 	// A malformed job, published raw.
-	nc, err := queue.Connect(ctx, w.ep.NATSURL, queue.ConnectOptions{Name: "e2e"})
+	nc, err := queue.Connect(ctx, w.Endpoints.NATSURL, queue.ConnectOptions{Name: "e2e"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestBadJobsAreDeadLetteredAndTheWorkerGoesOn(t *testing.T) {
 			t.Errorf("dead letter of %s: %q, want a reason with %q\nall:\n%s", id, line, reason, list)
 		}
 	}
-	if v := w.volumeFiles(); len(v) != 0 {
+	if v := w.VolumeFiles(); len(v) != 0 {
 		t.Errorf("failed jobs left volumes behind: %v", v)
 	}
 

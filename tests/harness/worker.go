@@ -4,13 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +29,24 @@ func BuildBinaries(dir string) error {
 		return fmt.Errorf("build worker and enqueue: %w", err)
 	}
 	return nil
+}
+
+// RunWithBinaries is a TestMain body for suites that run the binaries: it
+// builds them into a temporary directory, stores its path in *dir, runs the
+// tests, removes the binaries and returns the exit code.
+func RunWithBinaries(m *testing.M, dir *string) int {
+	d, err := os.MkdirTemp("", "cinderport-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(d)
+	if err := BuildBinaries(d); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	*dir = d
+	return m.Run()
 }
 
 // Worker is a bin/worker process run by a test.
@@ -63,18 +81,17 @@ type WorkerOptions struct {
 	Env []string
 }
 
-// StartWorker runs a worker with debug JSON logs on a free loopback port,
-// waits until its HTTP API answers (and, on the embedded default, until it
-// wrote its endpoints), and stops it at cleanup.
+// StartWorker runs a worker with debug JSON logs and its HTTP API on a
+// loopback port of its choosing, waits until it is ready (and, when any part
+// of it runs embedded, until it wrote its endpoints), and stops it at
+// cleanup.
 func StartWorker(t testing.TB, o WorkerOptions) *Worker {
 	t.Helper()
 	if o.DataDir == "" {
 		o.DataDir = t.TempDir()
 	}
 	w := &Worker{t: t, DataDir: o.DataDir, bin: o.BinDir, env: append(CleanEnv(), o.Env...)}
-	addr := "127.0.0.1:" + strconv.Itoa(FreePort(t))
-	w.HTTPURL = "http://" + addr
-	w.args = append([]string{"--data-dir", o.DataDir, "--http-addr", addr, "--log-format", "json", "--log-level", "debug"}, o.Args...)
+	w.args = append([]string{"--data-dir", o.DataDir, "--http-addr", "127.0.0.1:0", "--log-format", "json", "--log-level", "debug"}, o.Args...)
 	t.Cleanup(func() {
 		w.Stop()
 		if t.Failed() {
@@ -88,13 +105,16 @@ func StartWorker(t testing.TB, o WorkerOptions) *Worker {
 }
 
 // Start (re)starts the process with the same flags and data directory and
-// waits until it is up.
+// waits until it is ready: its "worker ready" log line names its HTTP API.
 func (w *Worker) Start() error {
 	os.Remove(filepath.Join(w.DataDir, embedded.EndpointsFile))
 	cmd := exec.Command(filepath.Join(w.bin, "worker"), w.args...)
 	cmd.Env = w.env
 	pr, pw := io.Pipe()
 	cmd.Stdout, cmd.Stderr = pw, pw
+	w.mu.Lock()
+	from := w.log.Len()
+	w.mu.Unlock()
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
@@ -125,45 +145,51 @@ func (w *Worker) Start() error {
 			return fmt.Errorf("worker exited at start-up:\n%s", tail(w.Logs(), 40))
 		case <-time.After(50 * time.Millisecond):
 		}
-		if w.up(cmd.Process.Pid) {
+		if w.ready(from, cmd.Process.Pid) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("worker not up within 60 s:\n%s", tail(w.Logs(), 40))
+			return fmt.Errorf("worker not ready within 60 s:\n%s", tail(w.Logs(), 40))
 		}
 	}
 }
 
-func (w *Worker) up(pid int) bool {
-	resp, err := http.Get(w.HTTPURL + "/healthz")
-	if err != nil {
+// ready reads the "worker ready" line logged since from, and the endpoints
+// of an embedded worker.
+func (w *Worker) ready(from, pid int) bool {
+	w.mu.Lock()
+	logs := w.log.String()[from:]
+	w.mu.Unlock()
+	i := strings.Index(logs, `"message":"worker ready"`)
+	if i < 0 {
 		return false
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	line := logs[strings.LastIndex(logs[:i], "\n")+1:]
+	line, _, _ = strings.Cut(line, "\n")
+	var r struct {
+		HTTP     string `json:"http"`
+		Embedded bool   `json:"embedded"`
+	}
+	if json.Unmarshal([]byte(line), &r) != nil {
 		return false
 	}
-	ep, err := embedded.ReadEndpoints(w.DataDir)
-	if err == nil && ep.PID == pid {
-		w.Endpoints = ep
+	w.HTTPURL = r.HTTP
+	if !r.Embedded {
 		return true
 	}
-	// Nothing embedded: no endpoints file is written.
-	return !w.embedded()
-}
-
-// embedded reports whether any part runs in-process (no --nats-url or no
-// --s3-endpoint among the flags).
-func (w *Worker) embedded() bool {
-	has := func(flag string) bool {
-		for _, a := range w.args {
-			if a == flag || strings.HasPrefix(a, flag+"=") {
-				return true
-			}
-		}
+	ep, err := embedded.ReadEndpoints(w.DataDir)
+	if err != nil || ep.PID != pid {
 		return false
 	}
-	return !has("--nats-url") || !has("--s3-endpoint")
+	w.Endpoints = ep
+	return true
+}
+
+// Done is closed when the running process has exited.
+func (w *Worker) Done() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.done
 }
 
 // Pid is the running process's id (0 when stopped).
@@ -196,6 +222,7 @@ func (w *Worker) Stop() {
 		return
 	default:
 	}
+	cmd.Process.Signal(syscall.SIGCONT) // a test may have paused it
 	cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-done:
@@ -263,6 +290,19 @@ func (w *Worker) Enqueue(ctx context.Context, args ...string) (string, string, i
 		code = ee.ExitCode()
 	}
 	return stdout.String(), stderr.String(), code
+}
+
+// VolumeFiles lists the local volumes (embedded default) in the worker's
+// data directory.
+func (w *Worker) VolumeFiles() []string {
+	var out []string
+	filepath.WalkDir(filepath.Join(w.DataDir, "volumes"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".img") {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
 }
 
 // CleanEnv is the environment without CINDERPORT_ and OS_ variables that
