@@ -20,6 +20,9 @@ type Downloads struct {
 	Connector Connector
 	Copier    Copier
 	Log       zerolog.Logger
+	// Store is the store tag (MetaStore) of the volumes served: others are
+	// answered as not found (default "default").
+	Store string
 	// Linger keeps an idle attachment for this long, so a burst of reads
 	// (Range requests) does not attach and detach for each (default 5 s).
 	Linger time.Duration
@@ -65,7 +68,11 @@ func (d *Downloads) Stat(ctx context.Context, volumeID string) (ImageInfo, error
 	if err != nil {
 		return ImageInfo{}, err
 	}
-	if v.Metadata[MetaImageID] == "" || v.Metadata[MetaStore] == "" {
+	store := d.Store
+	if store == "" {
+		store = "default"
+	}
+	if v.Metadata[MetaImageID] == "" || v.Metadata[MetaStore] != store {
 		return ImageInfo{}, fmt.Errorf("volume %s is not an image of this store: %w", volumeID, ErrNotFound)
 	}
 	if _, done := v.Metadata[MetaImageSize]; !done {

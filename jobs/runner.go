@@ -775,8 +775,8 @@ func (x *run) ownVolume(ctx context.Context, id string) (Volume, int64, error) {
 		}
 		return Volume{}, 0, fmt.Errorf("look up volume %s: %w", id, err)
 	}
-	if _, ok := v.Metadata[MetaImageID]; !ok {
-		return Volume{}, 0, Permanentf("volume %s is not an image volume of this store", id)
+	if v.Metadata[MetaImageID] == "" || v.Metadata[MetaStore] != x.storeTag() {
+		return Volume{}, 0, Permanentf("volume %s is not an image volume of store %s: left alone", id, x.storeTag())
 	}
 	size, err := ImageSize(v)
 	if err != nil {

@@ -2,6 +2,7 @@ package jobs_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -38,5 +39,39 @@ func TestUploadClearsStaleAttachments(t *testing.T) {
 	}
 	if all, _ := g.vols.FindVolumes(ctx, map[string]string{jobs.MetaJobID: job.ID}); len(all) != 1 {
 		t.Errorf("%d volumes for the job, want 1", len(all))
+	}
+}
+
+// TestJobsLeaveOtherVolumesAlone: export and delete jobs, and downloads,
+// touch only volumes of their own store — not a stock Glance image volume
+// (no cinderport_store), not another store's.
+func TestJobsLeaveOtherVolumesAlone(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	for name, md := range map[string]map[string]string{
+		"a stock Glance volume": {jobs.MetaImageID: "img", jobs.MetaImageSize: "10"},
+		"another store's":       {jobs.MetaImageID: "img", jobs.MetaImageSize: "10", jobs.MetaStore: "fast"},
+	} {
+		v, err := g.vols.CreateVolume(ctx, jobs.VolumeSpec{Name: "image-img", SizeGiB: 1, Metadata: md})
+		if err != nil {
+			t.Fatal(err)
+		}
+		del := jobs.Job{Version: 1, ID: "del-" + v.ID[:8], Kind: jobs.KindDelete, VolumeID: v.ID}
+		if _, err := r.Run(ctx, del, 1); !jobs.IsPermanent(err) {
+			t.Errorf("delete of %s volume: %v, want a permanent refusal", name, err)
+		}
+		exp := jobs.Job{Version: 1, ID: "exp-" + v.ID[:8], Kind: jobs.KindExport, VolumeID: v.ID, Target: &jobs.Object{Bucket: "stage", Key: "out"}}
+		if _, err := r.Run(ctx, exp, 1); !jobs.IsPermanent(err) {
+			t.Errorf("export of %s volume: %v, want a permanent refusal", name, err)
+		}
+		if _, err := g.vols.GetVolume(ctx, v.ID); err != nil {
+			t.Errorf("%s volume is gone: %v", name, err)
+		}
+		d := &jobs.Downloads{Volumes: g.vols}
+		if _, err := d.Stat(ctx, v.ID); !errors.Is(err, jobs.ErrNotFound) {
+			t.Errorf("download of %s volume: %v, want not found", name, err)
+		}
 	}
 }

@@ -84,7 +84,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 
 	volumes, connector, events := m.Volumes(deps.volumes), m.Connector(deps.connector), m.Events(q)
 	copier := &blockio.Copier{}
-	downloads := &jobs.Downloads{Volumes: volumes, Connector: connector, Copier: copier, Log: log}
+	downloads := &jobs.Downloads{Volumes: volumes, Connector: connector, Copier: copier, Log: log, Store: storeTag(c)}
 	runner := &jobs.Runner{Evict: downloads.Evict,
 		Volumes: volumes, Connector: connector, Staging: deps.staging, Journal: journal,
 		Copier: copier, Events: events, Log: log,
