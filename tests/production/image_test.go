@@ -145,8 +145,12 @@ func (s *stack) checkUpload(im *image, r result, e expect) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if st, err := f.Stat(); err != nil || st.Size() != int64(want)*giB {
-		t.Errorf("%s: the volume's file is %v bytes (%v), want %d GiB", e.jobID, st.Size(), err, want)
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Size() != int64(want)*giB {
+		t.Errorf("%s: the volume's file is %d bytes, want %d GiB", e.jobID, st.Size(), want)
 	}
 	if err := sameBytes(f, im.reader(), im.size); err != nil {
 		t.Errorf("%s: the volume's bytes (its backing file) differ from the image: %v", e.jobID, err)

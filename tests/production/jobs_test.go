@@ -13,8 +13,8 @@ import (
 )
 
 // TestTwoWorkersEightUploads enqueues eight uploads at once for two
-// workers: every job completes, with a volume of its own, and nothing is
-// left attached or exported.
+// workers: every job completes, with a volume of its own, nothing is left
+// attached or exported, and every image downloads back.
 func TestTwoWorkersEightUploads(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -40,7 +40,7 @@ func TestTwoWorkersEightUploads(t *testing.T) {
 	}
 	volumes := map[string]string{}
 	ran := map[string]int{}
-	for _, u := range ups {
+	for i, u := range ups {
 		out, stderr, code := s.enqueue(ctx, workers[0], "watch", u.jobID, "--output", "json")
 		if code != 0 {
 			t.Fatalf("watch %s: exit %d: %s\n%s", u.jobID, code, stderr, out)
@@ -61,6 +61,9 @@ func TestTwoWorkersEightUploads(t *testing.T) {
 		if n := len(s.volumesNamed("image-" + u.imageID)); n != 1 {
 			t.Errorf("image %s has %d volumes, want 1", u.imageID, n)
 		}
+		// Either worker serves any image (one at a time: the volume takes
+		// one attachment).
+		s.checkDownload(s.signURL(ctx, workers[i%2], r.VolumeID), u.im)
 	}
 	t.Logf("8 uploads on two workers: jobs per worker %v", ran)
 }
