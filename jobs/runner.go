@@ -85,7 +85,9 @@ type Runner struct {
 	Log       zerolog.Logger
 	Config    RunnerConfig
 	// Evict, when set, releases this worker's idle download attachment of a
-	// volume about to be deleted.
+	// volume about to be deleted or exported: a non-multiattach volume takes
+	// one attachment at a time, and the export's would wait for the idle one
+	// to linger out.
 	Evict func(ctx context.Context, volumeID string)
 }
 
@@ -220,7 +222,9 @@ func (x *run) save(ctx context.Context) error {
 
 func (x *run) step(ctx context.Context, s Step) error {
 	x.rec.Step = s
-	x.log.Debug().Str("step", string(s)).Msg("step")
+	// The time since the run started: the logs' timestamps have whole
+	// seconds, too coarse to see where a job spends its time.
+	x.log.Debug().Str("step", string(s)).Dur("elapsed", time.Since(x.started)).Msg("step")
 	x.event(ctx, StateRunning, 0, true)
 	return x.save(ctx)
 }
@@ -807,6 +811,9 @@ func (x *run) export(ctx context.Context) (Result, error) {
 	x.rec.VolumeID = v.ID
 	if err := x.step(ctx, StepAttaching); err != nil {
 		return Result{}, err
+	}
+	if x.Evict != nil {
+		x.Evict(ctx, v.ID)
 	}
 	if err := x.attach(ctx, v.ID, ReadOnly); err != nil {
 		return Result{}, err

@@ -3,6 +3,7 @@ package jobs_test
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -73,5 +74,43 @@ func TestJobsLeaveOtherVolumesAlone(t *testing.T) {
 		if _, err := d.Stat(ctx, v.ID); !errors.Is(err, jobs.ErrNotFound) {
 			t.Errorf("download of %s volume: %v, want not found", name, err)
 		}
+	}
+}
+
+// TestExportEvictsAnIdleDownloadAttachment: a download left the volume
+// attached (lingering for the next reader); an export on the same worker
+// releases that attachment instead of waiting for it, since the volume
+// takes one attachment at a time.
+func TestExportEvictsAnIdleDownloadAttachment(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	up, err := r.Run(ctx, g.job, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &jobs.Downloads{Volumes: g.vols, Connector: r.Connector, Copier: r.Copier, Linger: time.Hour}
+	defer d.Close()
+	img, err := d.Open(ctx, up.VolumeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteRange(ctx, io.Discard, 0, img.Size); err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	if d.Attached() != 1 {
+		t.Fatalf("%d download attachments lingering, want 1", d.Attached())
+	}
+	r.Evict = d.Evict
+	exp := jobs.Job{Version: 1, ID: "export-1", Kind: jobs.KindExport, VolumeID: up.VolumeID,
+		Target: &jobs.Object{Bucket: "stage", Key: "exported"}}
+	res, err := r.Run(ctx, exp, 1)
+	if err != nil {
+		t.Fatalf("export with a download attachment lingering: %v", err)
+	}
+	if res.Checksum != up.Checksum || d.Attached() != 0 || g.vols.Attachments() != 0 {
+		t.Errorf("export %+v (upload %s); %d download and %d volume attachments left", res, up.Checksum, d.Attached(), g.vols.Attachments())
 	}
 }

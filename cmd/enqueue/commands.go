@@ -274,10 +274,12 @@ func (c *cli) report(job jobs.Job, ev jobs.Event, took time.Duration, duplicate 
 }
 
 func (c *cli) volumeJob(ctx context.Context, name string, args []string, kind jobs.Kind) int {
-	var jobID, object string
+	var jobID, object, zone, store string
 	var wait bool
 	fs := c.flags(name, name+" VOLUME_ID [flags]")
 	fs.StringVar(&jobID, "job-id", "", "the job id (default: a new UUID)")
+	fs.StringVar(&zone, "zone", "", "the zone whose workers take the job (default: default)")
+	fs.StringVar(&store, "store", "", "the store the volume belongs to (workers only touch their own store's volumes)")
 	fs.BoolVar(&wait, "wait", false, "wait for the job to end")
 	if kind == jobs.KindExport {
 		fs.StringVar(&object, "object", "", "where to write the image, as BUCKET/KEY (required)")
@@ -290,7 +292,7 @@ func (c *cli) volumeJob(ctx context.Context, name string, args []string, kind jo
 		fmt.Fprintf(c.stderr, "enqueue %s: give one VOLUME_ID\n", name)
 		return exitUsage
 	}
-	job := jobs.Job{Version: jobs.Version, ID: jobID, Kind: kind, VolumeID: fa.Arg(0)}
+	job := jobs.Job{Version: jobs.Version, ID: jobID, Kind: kind, VolumeID: fa.Arg(0), Zone: zone, Store: store}
 	if job.ID == "" {
 		job.ID = newID()
 	}

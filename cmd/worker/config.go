@@ -52,6 +52,7 @@ type config struct {
 
 	checkpointEvery int64
 	maxImageSize    int64
+	trustStagedSize bool
 
 	reconcileEvery time.Duration
 	reconcileGrace time.Duration
@@ -121,6 +122,7 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.Duration(&c.reconcileEvery, "reconcile-every", 10*time.Minute, "how often leaked attachments and volumes are looked for (also once at start-up)")
 	fs.Duration(&c.reconcileGrace, "reconcile-grace", time.Hour, "a volume of a failed, cancelled or silent job is deleted only after this long")
 	fs.Bool(&c.reconcileDry, "reconcile-dry-run", false, "only log what the reconciler would detach and delete")
+	fs.Bool(&c.trustStagedSize, "trust-staged-size", true, "size the volume of an upload of unknown size (size 0) from the staged object's size; false: start at 1 GiB and grow the volume as data arrives (doubling; online where Cinder allows), for staging stores whose object sizes are not final")
 	fs.Int64(&c.maxImageSize, "max-image-size", 0, "refuse uploads larger than this many bytes (0: the job format's limit, 64 TiB)")
 	fs.String(&c.watchPrefix, "watch-prefix", "", "run the notification bridge: objects created under this prefix of --bucket become upload jobs (e.g. incoming/)")
 	fs.String(&c.watchSubject, "watch-subject", "cinderport.s3.events", "with --watch-prefix: the NATS subject the S3 server publishes bucket notifications on")

@@ -88,7 +88,8 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	runner := &jobs.Runner{Evict: downloads.Evict,
 		Volumes: volumes, Connector: connector, Staging: deps.staging, Journal: journal,
 		Copier: copier, Events: events, Log: log,
-		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery, MaxImageSize: c.maxImageSize},
+		Config: jobs.RunnerConfig{Worker: c.name, Store: c.store, CheckpointEvery: c.checkpointEvery, MaxImageSize: c.maxImageSize,
+			TrustStagedSize: &c.trustStagedSize},
 	}
 	worker := &jobs.Worker{Runner: runner, Events: events, Log: log,
 		Config: jobs.WorkerConfig{Name: c.name, MaxAttempts: c.maxDeliver, Heartbeat: c.ackWait / 3}}

@@ -263,11 +263,14 @@ func (l *CinderLab) TokenValid(t testing.TB, token string) bool {
 	return err == nil
 }
 
-// LabVolume is a volume as the cloud admin sees it.
+// LabVolume is a volume as the cloud admin sees it. Metadata holds the
+// volume's metadata and, as Cinder shows them, the admin metadata keys
+// readonly and attached_mode.
 type LabVolume struct {
 	ID, Name, Status string
 	ProjectID        string `json:"os-vol-tenant-attr:tenant_id"`
 	Size             int
+	Metadata         map[string]string
 	Attachments      []json.RawMessage
 }
 
@@ -298,8 +301,61 @@ func (l *CinderLab) Attachments(t testing.TB) []LabAttachment {
 	return out.Attachments
 }
 
+// LabConnection is what Cinder gave an attachment: its mode and iSCSI
+// connection info, CHAP credentials included — never log them.
+type LabConnection struct {
+	AttachmentID, Status, Mode string
+	Portal, IQN                string
+	AuthUsername, AuthPassword string
+}
+
+// Connections returns the attachments of volumeID with the connection info
+// Cinder gave them (the admin's detailed attachments view).
+func (l *CinderLab) Connections(t testing.TB, volumeID string) []LabConnection {
+	t.Helper()
+	var out struct {
+		Attachments []struct {
+			ID             string
+			VolumeID       string `json:"volume_id"`
+			Status         string
+			AttachMode     string `json:"attach_mode"`
+			ConnectionInfo struct {
+				TargetPortal string `json:"target_portal"`
+				TargetIQN    string `json:"target_iqn"`
+				AuthUsername string `json:"auth_username"`
+				AuthPassword string `json:"auth_password"`
+			} `json:"connection_info"`
+		}
+	}
+	if err := l.volumeAPI(context.Background(), "GET", "/attachments/detail?all_tenants=1", nil, &out); err != nil {
+		t.Fatal(err)
+	}
+	var conns []LabConnection
+	for _, a := range out.Attachments {
+		if a.VolumeID != volumeID {
+			continue
+		}
+		ci := a.ConnectionInfo
+		conns = append(conns, LabConnection{AttachmentID: a.ID, Status: a.Status, Mode: a.AttachMode,
+			Portal: ci.TargetPortal, IQN: ci.TargetIQN, AuthUsername: ci.AuthUsername, AuthPassword: ci.AuthPassword})
+	}
+	return conns
+}
+
 // Targets counts the targets the lab's tgtd exports.
 func (l *CinderLab) Targets() int { return l.tgtd.Targets() }
+
+// VolumeTargets lists the tgtd targets that export volumeID (Cinder names
+// them …:volume-<id>).
+func (l *CinderLab) VolumeTargets(volumeID string) []string {
+	var out []string
+	for _, name := range l.tgtd.TargetNames() {
+		if strings.HasSuffix(name, ":volume-"+volumeID) {
+			out = append(out, name)
+		}
+	}
+	return out
+}
 
 // VolumeFile is the sparse file behind a volume (what tgtd exports).
 func (l *CinderLab) VolumeFile(volumeID string) string {

@@ -21,7 +21,6 @@ type MinIO struct {
 	AccessKey string
 	SecretKey string
 
-	t    testing.TB
 	bin  string
 	dir  string
 	env  []string
@@ -37,13 +36,64 @@ type MinIO struct {
 func StartMinIO(t testing.TB, env ...string) *MinIO {
 	t.Helper()
 	bin := Need(t, "minio", "MinIO")
-	m := &MinIO{t: t, bin: bin, dir: t.TempDir(), env: env, AccessKey: "cp" + randHex(8), SecretKey: randHex(24)}
-	m.Endpoint = "127.0.0.1:" + strconv.Itoa(FreePort(t))
+	port := FreePort(t)
+	m := newMinIO(bin, t.TempDir(), port, env)
 	t.Cleanup(m.Stop)
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+func newMinIO(bin, dir string, port int, env []string) *MinIO {
+	return &MinIO{bin: bin, dir: dir, env: env, AccessKey: "cp" + randHex(8), SecretKey: randHex(24),
+		Endpoint: "127.0.0.1:" + strconv.Itoa(port)}
+}
+
+// SharedMinIO starts one MinIO for a whole test binary, on first use, and
+// stops it when TestMain calls Close (as SharedCinderLab does for the lab).
+// Tests sharing it keep to their own buckets or keys.
+type SharedMinIO struct {
+	once sync.Once
+	m    *MinIO
+	err  error
+}
+
+// Get returns the server, starting it on the first call. Without the
+// binary, t skips (or fails under CINDERPORT_REQUIRE_ALL=1).
+func (s *SharedMinIO) Get(t testing.TB) *MinIO {
+	t.Helper()
+	bin := Need(t, "minio", "MinIO")
+	s.once.Do(func() {
+		dir, err := os.MkdirTemp("", "cinderport-minio-")
+		if err != nil {
+			s.err = err
+			return
+		}
+		port, err := freePort()
+		if err != nil {
+			s.err = err
+			return
+		}
+		s.m = newMinIO(bin, dir, port, nil)
+		if s.err = s.m.Start(); s.err != nil {
+			os.RemoveAll(dir)
+			s.m = nil
+		}
+	})
+	if s.err != nil {
+		t.Fatalf("minio: %v", s.err)
+	}
+	return s.m
+}
+
+// Close stops the server if it was started and removes its data.
+func (s *SharedMinIO) Close() {
+	if s.m == nil {
+		return
+	}
+	s.m.Stop()
+	os.RemoveAll(s.m.dir)
 }
 
 func randHex(n int) string {

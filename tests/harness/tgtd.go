@@ -241,6 +241,20 @@ func (d *Tgtd) Targets() int {
 	return strings.Count(out, "Target ")
 }
 
+// TargetNames lists the targets' IQNs.
+func (d *Tgtd) TargetNames() []string {
+	out, _ := d.adm("--mode", "target", "--op", "show")
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(line, "Target "); ok {
+			if _, name, ok := strings.Cut(rest, ": "); ok {
+				names = append(names, strings.TrimSpace(name))
+			}
+		}
+	}
+	return names
+}
+
 func (d *Tgtd) kill() {
 	d.cmd.Process.Kill()
 	<-d.done

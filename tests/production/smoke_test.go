@@ -14,6 +14,7 @@ import (
 
 // TestSmoke: one small image through the whole production path and back.
 func TestSmoke(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	s := newStack(t)

@@ -1,7 +1,11 @@
 package production
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -12,8 +16,9 @@ import (
 
 const bucket = "images"
 
-// stack is one deployment: NATS, MinIO, the Cinder lab, and the flags that
-// point workers and the CLI at them.
+// stack is one deployment: a nats-server of the test's own, the shared
+// MinIO and Cinder lab, and the flags that point workers and the CLI at
+// them.
 type stack struct {
 	t       *testing.T
 	lab     *harness.CinderLab
@@ -26,10 +31,11 @@ type stack struct {
 func newStack(t *testing.T) *stack {
 	t.Helper()
 	l := lab.Get(t)
+	m := minio.Get(t)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"cinder-volume", "cinder-wsgi"} {
-				t.Logf("%s log:\n%s", name, l.Logs(name))
+				t.Logf("%s log (tail):\n%s", name, lastLines(l.Logs(name), 80))
 			}
 		}
 	})
@@ -38,7 +44,6 @@ func newStack(t *testing.T) *stack {
 		t.Fatal(err)
 	}
 	t.Cleanup(ns.Shutdown)
-	m := harness.StartMinIO(t)
 	sc, err := staging.New(staging.Config{Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey})
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +58,15 @@ func newStack(t *testing.T) *stack {
 		"--s3-secret-key", m.SecretKey, "--bucket", bucket}}
 }
 
-// worker starts a worker process on the stack with Cinder volumes.
+// with is the stack for a subtest: helpers report to t.
+func (s *stack) with(t *testing.T) *stack {
+	c := *s
+	c.t = t
+	return &c
+}
+
+// worker starts a worker process on the stack with Cinder volumes (debug
+// logs, as harness.StartWorker runs every worker).
 func (s *stack) worker(name string, args ...string) *harness.Worker {
 	s.t.Helper()
 	all := append(append([]string{"--name", name, "--cinder-config", s.lab.GlanceConfFile}, s.conn...), args...)
@@ -64,4 +77,114 @@ func (s *stack) worker(name string, args ...string) *harness.Worker {
 func (s *stack) enqueue(ctx context.Context, w *harness.Worker, args ...string) (string, string, int) {
 	s.t.Helper()
 	return w.Enqueue(ctx, append(append([]string{}, args...), append(s.conn, "--worker-url", w.HTTPURL)...)...)
+}
+
+// result is an upload's (or export's) result as `enqueue --output json`
+// prints it.
+type result struct {
+	Location    string `json:"location"`
+	VolumeID    string `json:"volume_id"`
+	Size        int64  `json:"size"`
+	Checksum    string `json:"checksum"`
+	OSHashAlgo  string `json:"os_hash_algo"`
+	OSHashValue string `json:"os_hash_value"`
+}
+
+// run runs a job with --wait --output json and returns its result; a
+// failed job fails t.
+func (s *stack) run(ctx context.Context, w *harness.Worker, args ...string) result {
+	s.t.Helper()
+	out, stderr, code := s.enqueue(ctx, w, append(args, "--wait", "--output", "json")...)
+	if code != 0 {
+		s.t.Fatalf("enqueue %s: exit %d: %s", strings.Join(args, " "), code, stderr)
+	}
+	return resultOf(s.t, out)
+}
+
+// resultOf decodes a job's result as `enqueue --output json` prints it.
+func resultOf(t testing.TB, out string) result {
+	t.Helper()
+	var r result
+	if err := json.Unmarshal([]byte(out), &r); err != nil || r.VolumeID == "" {
+		t.Fatalf("job result %q: %v", out, err)
+	}
+	return r
+}
+
+// metrics scrapes the worker's /metrics into series → value, a series
+// being the metric's name with its labels as printed
+// (cinderport_volume_api_duration_seconds_sum{op="create",outcome="ok"}).
+func metrics(t testing.TB, w *harness.Worker) map[string]float64 {
+	t.Helper()
+	_, body := httpGet(t, w.HTTPURL+"/metrics", nil)
+	out := map[string]float64{}
+	sc := bufio.NewScanner(strings.NewReader(string(body)))
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// volumeCalls sums a worker's Cinder call counts and seconds per operation
+// (every outcome).
+func volumeCalls(m map[string]float64) (count, seconds map[string]float64) {
+	count, seconds = map[string]float64{}, map[string]float64{}
+	for series, v := range m {
+		name, labels, ok := strings.Cut(series, "{")
+		if !ok || !strings.HasPrefix(name, "cinderport_volume_api_duration_seconds_") {
+			continue
+		}
+		op := label(labels, "op")
+		switch name {
+		case "cinderport_volume_api_duration_seconds_count":
+			count[op] += v
+		case "cinderport_volume_api_duration_seconds_sum":
+			seconds[op] += v
+		}
+	}
+	return count, seconds
+}
+
+// label extracts one label's value from `a="x",b="y"}`.
+func label(labels, name string) string {
+	_, rest, ok := strings.Cut(labels, name+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
+}
+
+// logLines decodes a worker's JSON log lines that carry msg as their
+// message.
+func logLines(w *harness.Worker, msg string) []map[string]any {
+	var out []map[string]any
+	for _, line := range strings.Split(w.Logs(), "\n") {
+		if !strings.Contains(line, `"message":"`+msg+`"`) {
+			continue
+		}
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
