@@ -145,4 +145,35 @@ func TestDockerfileRunsUnprivileged(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^FROM .* AS build$`).Match(b) || strings.Count(string(b), "\nFROM ") < 1 {
 		t.Error("want a multi-stage build")
 	}
+	// A named volume takes the owner of the image's directory it is mounted
+	// on; one Docker creates for a bare VOLUME is root's, and the worker
+	// could not write its journal there.
+	vol := regexp.MustCompile(`(?m)^VOLUME (\S+)$`).FindSubmatch(b)
+	if vol == nil {
+		t.Fatal("no VOLUME for the worker's data directory")
+	}
+	owned := regexp.MustCompile(`(?m)^COPY --from=build --chown=(\S+) \S+ (\S+)$`).FindAllSubmatch(b, -1)
+	ok := false
+	for _, m := range owned {
+		ok = ok || string(m[1]) == user && string(m[2]) == string(vol[1])
+	}
+	if !ok {
+		t.Errorf("the data directory %s is not created owned by %s", vol[1], user)
+	}
+}
+
+func TestBuildContextLeavesOutLocalData(t *testing.T) {
+	b, err := os.ReadFile("../../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, line := range strings.Split(string(b), "\n") {
+		have[strings.TrimSpace(line)] = true
+	}
+	for _, p := range []string{".git", ".demo", "bin"} {
+		if !have[p] {
+			t.Errorf(".dockerignore does not leave out %s", p)
+		}
+	}
 }
