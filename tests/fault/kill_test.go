@@ -79,7 +79,7 @@ func TestSIGKILLDuringUploads(t *testing.T) {
 	if r.read > r.images*12/10 {
 		t.Errorf("the worker read %d MiB from staging for %d MiB of images: more than 1.2 ×", r.read>>20, r.images>>20)
 	}
-	s.checkNoLeaks(r)
+	s.checkNoLeaks(r, "img-kill-")
 }
 
 // killAt waits for the moment the run kills its worker — a step, or a

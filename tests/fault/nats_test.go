@@ -57,7 +57,16 @@ func TestNATSNodeLost(t *testing.T) {
 		s.finishRun(ctx, r, workers[i%2], im, res, id[0], id[1])
 	}
 	r.read = s.proxy.Bytes() - base
-	s.checkNoLeaks(r)
+	for _, id := range ids {
+		created := 0
+		for _, w := range workers {
+			created += logLines(w, "created volume", id[0])
+		}
+		if created > 1 {
+			t.Errorf("%s: the workers created %d volumes for it", id[0], created)
+		}
+	}
+	s.checkNoLeaks(r, "img-nats-")
 }
 
 // jobsLeader names the node that leads the jobs stream.

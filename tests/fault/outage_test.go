@@ -39,7 +39,7 @@ func TestMinIOOutage(t *testing.T) {
 	r.read += s.proxy.Bytes() - base
 	t.Logf("%s: %d MiB read from staging for a %d MiB image", jobID, (s.proxy.Bytes()-base)>>20, im.size>>20)
 	s.finishRun(ctx, r, w, im, res, jobID, imageID)
-	s.checkNoLeaks(r)
+	s.checkNoLeaks(r, imageID)
 }
 
 // TestTgtdConnectionsCut closes the iSCSI connections to the volume's
@@ -80,7 +80,7 @@ func TestTgtdConnectionsCut(t *testing.T) {
 	r.read += s.proxy.Bytes() - base
 	t.Logf("%s: %d MiB read from staging for a %d MiB image", jobID, (s.proxy.Bytes()-base)>>20, im.size>>20)
 	s.finishRun(ctx, r, w, im, res, jobID, imageID)
-	s.checkNoLeaks(r)
+	s.checkNoLeaks(r, imageID)
 }
 
 // TestCinderAPIOutage stops cinder-api (uwsgi and its workers) for 20 s
@@ -117,5 +117,5 @@ func TestCinderAPIOutage(t *testing.T) {
 		t.Logf("%s: %d MiB read from staging for a %d MiB image", jobID, (s.proxy.Bytes()-base)>>20, im.size>>20)
 		s.finishRun(ctx, r, w, im, res, jobID, imageID)
 	}
-	s.checkNoLeaks(r)
+	s.checkNoLeaks(r, "img-cinder-outage-")
 }

@@ -44,8 +44,9 @@ type stack struct {
 	proxy   *harness.CountingProxy
 	staging *staging.Client
 	nc      *nats.Conn
-	q       *queue.Queue // opened once the first worker made the streams
-	conn    []string     // --nats-url, --s3-* and --bucket, for workers and the CLI
+	q       *queue.Queue    // opened once the first worker made the streams
+	seen    map[string]bool // the volumes the test's jobs reported
+	conn    []string        // --nats-url, --s3-* and --bucket, for workers and the CLI
 }
 
 // startNATS runs a single nats-server for the test and returns its URL.
@@ -86,7 +87,7 @@ func newStack(t *testing.T, natsURL string) *stack {
 		t.Fatalf("connect to NATS: %v", err)
 	}
 	t.Cleanup(nc.Close)
-	s := &stack{t: t, lab: l, minio: m, proxy: harness.StartCountingProxy(t, m.Endpoint), staging: sc}
+	s := &stack{t: t, lab: l, minio: m, proxy: harness.StartCountingProxy(t, m.Endpoint), staging: sc, seen: map[string]bool{}}
 	s.conn = []string{"--nats-url", natsURL, "--s3-endpoint", s.proxy.Addr, "--s3-access-key", m.AccessKey,
 		"--s3-secret-key", m.SecretKey, "--bucket", bucket}
 	s.nc = nc
@@ -130,17 +131,26 @@ func (s *stack) upload(ctx context.Context, w *harness.Worker, im *image, jobID,
 }
 
 // until follows a job's status until pred holds for an event or the job
-// ends, and returns that event.
+// ends, and returns that event. A watch the NATS cluster breaks (a node
+// lost, JetStream electing a leader) is started again until ctx ends.
 func (s *stack) until(ctx context.Context, jobID string, pred func(jobs.Event) bool) (jobs.Event, error) {
 	var last jobs.Event
-	err := s.q.Watch(ctx, jobID, func(ev jobs.Event) bool {
-		last = ev
-		return !pred(ev) && !ev.State.Terminal()
-	})
-	if err != nil {
-		return last, fmt.Errorf("watch job %s (last %s/%s): %w", jobID, last.State, last.Step, err)
+	for {
+		err := s.q.Watch(ctx, jobID, func(ev jobs.Event) bool {
+			last = ev
+			return !pred(ev) && !ev.State.Terminal()
+		})
+		if err == nil {
+			return last, nil
+		}
+		if ctx.Err() != nil {
+			return last, fmt.Errorf("watch job %s (last %s/%s): %w", jobID, last.State, last.Step, err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond): // back off before watching again
+		}
 	}
-	return last, nil
 }
 
 // waitEnd waits for the job's terminal event and requires it completed
@@ -323,24 +333,35 @@ func (s *stack) deleteVolume(ctx context.Context, w *harness.Worker, volumeID st
 	}
 }
 
-// leaks waits up to a minute for the lab to hold no volume, attachment or
-// tgtd target (a fault test deletes what it made; the tests of this
-// package do not run in parallel) and returns what is left: the leak count
-// and descriptions.
-func (s *stack) leaks() (int, []string) {
+// leaks waits up to a minute for the test's volumes — named
+// image-<prefix>…, or reported by its jobs — to be gone, with no attachment
+// or tgtd target of any of them left, and returns the leak count and what
+// is left. (Other tests' leftovers are theirs to report.)
+func (s *stack) leaks(prefix string) (int, []string) {
 	s.t.Helper()
 	var left []string
 	deadline := time.Now().Add(time.Minute)
 	for {
 		left = nil
+		ids := map[string]bool{}
+		for id := range s.seen {
+			ids[id] = true
+		}
 		for _, v := range s.lab.Volumes(s.t) {
-			left = append(left, fmt.Sprintf("volume %s %q (%s)", v.ID, v.Name, v.Status))
+			if strings.HasPrefix(v.Name, "image-"+prefix) {
+				ids[v.ID] = true
+				left = append(left, fmt.Sprintf("volume %s %q (%s)", v.ID, v.Name, v.Status))
+			}
 		}
 		for _, a := range s.lab.Attachments(s.t) {
-			left = append(left, fmt.Sprintf("attachment %s of volume %s (%s)", a.ID, a.VolumeID, a.Status))
+			if ids[a.VolumeID] {
+				left = append(left, fmt.Sprintf("attachment %s of volume %s (%s)", a.ID, a.VolumeID, a.Status))
+			}
 		}
-		if n := s.lab.Targets(); n > 0 {
-			left = append(left, fmt.Sprintf("%d tgtd target(s)", n))
+		for id := range ids {
+			for _, name := range s.lab.VolumeTargets(id) {
+				left = append(left, "tgtd target "+name)
+			}
 		}
 		if len(left) == 0 || time.Now().After(deadline) {
 			return len(left), left
@@ -349,10 +370,11 @@ func (s *stack) leaks() (int, []string) {
 	}
 }
 
-// checkNoLeaks records the leak count in r and fails t on a leak.
-func (s *stack) checkNoLeaks(r *row) {
+// checkNoLeaks records the leak count of the test's volumes (images named
+// prefix…) in r and fails t on a leak.
+func (s *stack) checkNoLeaks(r *row, prefix string) {
 	s.t.Helper()
-	n, left := s.leaks()
+	n, left := s.leaks(prefix)
 	r.leaks = n
 	if n > 0 {
 		s.t.Errorf("leaked: %s", strings.Join(left, ", "))
@@ -421,6 +443,7 @@ func (s *stack) atStep(ctx context.Context, jobID string, steps ...jobs.Step) (j
 // the volume with a delete job.
 func (s *stack) finishRun(ctx context.Context, r *row, w *harness.Worker, im *image, res jobs.Result, jobID, imageID string) {
 	s.t.Helper()
+	s.seen[res.VolumeID] = true
 	r.images += im.size
 	if bad := s.checkUpload(im, res, jobID, imageID); len(bad) > 0 {
 		s.t.Errorf("%s: %s", jobID, strings.Join(bad, "; "))
