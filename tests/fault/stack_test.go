@@ -132,19 +132,31 @@ func (s *stack) upload(ctx context.Context, w *harness.Worker, im *image, jobID,
 
 // until follows a job's status until pred holds for an event or the job
 // ends, and returns that event. A watch the NATS cluster breaks (a node
-// lost, JetStream electing a leader) is started again until ctx ends.
+// lost, JetStream electing a leader) is started again until ctx ends, and
+// so is one that has been quiet for 30 s, in case the break left it
+// stalled: a new watch starts with the job's current status.
 func (s *stack) until(ctx context.Context, jobID string, pred func(jobs.Event) bool) (jobs.Event, error) {
 	var last jobs.Event
+	var lastErr string
 	for {
-		err := s.q.Watch(ctx, jobID, func(ev jobs.Event) bool {
+		wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := s.q.Watch(wctx, jobID, func(ev jobs.Event) bool {
 			last = ev
 			return !pred(ev) && !ev.State.Terminal()
 		})
+		cancel()
 		if err == nil {
 			return last, nil
 		}
 		if ctx.Err() != nil {
 			return last, fmt.Errorf("watch job %s (last %s/%s): %w", jobID, last.State, last.Step, err)
+		}
+		if wctx.Err() != nil {
+			continue // quiet for 30 s: watch again
+		}
+		if err.Error() != lastErr {
+			lastErr = err.Error()
+			s.t.Logf("watch job %s: %v: watching again", jobID, err)
 		}
 		select {
 		case <-ctx.Done():
@@ -157,6 +169,10 @@ func (s *stack) until(ctx context.Context, jobID string, pred func(jobs.Event) b
 // with a result.
 func (s *stack) waitEnd(ctx context.Context, jobID string) jobs.Result {
 	s.t.Helper()
+	// A job takes well under a minute here; retries after an outage add
+	// their backoff (5 s doubling).
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
 	ev, err := s.until(ctx, jobID, func(jobs.Event) bool { return false })
 	if err != nil {
 		s.t.Fatalf("job %s did not end: %v", jobID, err)
