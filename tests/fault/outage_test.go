@@ -37,7 +37,11 @@ func TestMinIOOutage(t *testing.T) {
 	}
 	res := s.waitEnd(ctx, jobID)
 	r.read += s.proxy.Bytes() - base
-	t.Logf("%s: %d MiB read from staging for a %d MiB image", jobID, (s.proxy.Bytes()-base)>>20, im.size>>20)
+	t.Logf("%s: %d MiB read from staging for a %d MiB image; %d connection(s) to MinIO refused during the outage",
+		jobID, (s.proxy.Bytes()-base)>>20, im.size>>20, s.proxy.Refused())
+	if s.proxy.Refused() == 0 {
+		t.Errorf("the worker never tried to reach MinIO while it was down: the outage missed the upload")
+	}
 	s.finishRun(ctx, r, w, im, res, jobID, imageID)
 	s.checkNoLeaks(r, imageID)
 }

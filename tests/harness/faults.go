@@ -27,6 +27,7 @@ type CountingProxy struct {
 	upstream string
 	ln       net.Listener
 	down     atomic.Int64
+	refused  atomic.Int64
 	mu       sync.Mutex
 	notify   chan struct{} // closed and replaced whenever bytes arrive
 	conns    map[net.Conn]struct{}
@@ -68,6 +69,7 @@ func (p *CountingProxy) serve() {
 func (p *CountingProxy) pipe(c net.Conn) {
 	u, err := net.DialTimeout("tcp", p.upstream, 5*time.Second)
 	if err != nil {
+		p.refused.Add(1)
 		c.Close()
 		return
 	}
@@ -130,6 +132,10 @@ func (p *CountingProxy) add(n int64) {
 
 // Bytes is how many bytes the upstream sent to clients so far.
 func (p *CountingProxy) Bytes() int64 { return p.down.Load() }
+
+// Refused is how many client connections found the upstream unreachable
+// (and were closed).
+func (p *CountingProxy) Refused() int64 { return p.refused.Load() }
 
 // WaitBytes waits until the upstream sent at least n bytes in all.
 func (p *CountingProxy) WaitBytes(ctx context.Context, n int64) error {
