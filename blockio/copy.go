@@ -136,14 +136,17 @@ func fit(size int64, chunk, depth, bs int) (int, int) {
 // is flushed and the checkpoint saved while later writes go on. When the
 // copy stops early — the source fails or ctx is cancelled — the writes in
 // flight finish and a last checkpoint is taken where they end, so the next
-// attempt reads again only what never reached the device.
+// attempt reads again only what never reached the device; a finished copy
+// takes one at its end.
 func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req jobs.FillRequest) (jobs.Digest, error) {
 	chunk, depth, bs := c.geometry(dev)
 	var off int64
 	if req.Resume != nil {
 		off = req.Resume.Offset
 	}
-	if off%int64(bs) != 0 || off < 0 {
+	// A checkpoint at the image's end (the copy finished, the job did not)
+	// may be unaligned: nothing is left to write.
+	if off < 0 || off%int64(bs) != 0 && (req.SizeHint == 0 || off != req.SizeHint) {
 		return jobs.Digest{}, jobs.Permanentf("resume offset %d is not a multiple of the block size %d", off, bs)
 	}
 	if req.SizeHint > 0 {
@@ -286,6 +289,10 @@ func (c *Copier) Fill(ctx context.Context, dev jobs.Device, src io.Reader, req j
 		}
 		return jobs.Digest{}, err
 	}
+	// The finished copy is a checkpoint too, with its hash states: a job
+	// that fails after it (detaching, finishing) resumes at the end and
+	// reads nothing again.
+	cp.final(off, h)
 	return h.digest(off), nil
 }
 

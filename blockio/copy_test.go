@@ -154,6 +154,34 @@ func TestFillResumesFromCheckpoint(t *testing.T) {
 	}
 }
 
+// TestFillCheckpointsItsEnd: a finished copy saves a checkpoint at the
+// image's end (unaligned here) with its hash states, from which a later
+// attempt — its job failed after the copy — resumes, reads nothing, and
+// gets the image's digest.
+func TestFillCheckpointsItsEnd(t *testing.T) {
+	const n = 300<<10 + 77
+	src := randomBytes(n, 9)
+	c := &Copier{ChunkSize: 32 << 10, Depth: 3}
+	dev := newMemDevice(t, 1<<20)
+	var last jobs.Checkpoint
+	req := jobs.FillRequest{HashAlgo: "sha512", SizeHint: n, CheckpointEvery: 100 << 10,
+		Checkpoint: func(_ context.Context, cp jobs.Checkpoint) error { last = cp; return nil }}
+	if _, err := c.Fill(context.Background(), dev, bytes.NewReader(src), req); err != nil {
+		t.Fatal(err)
+	}
+	if last.Offset != n || len(last.MD5State) == 0 || len(last.HashState) == 0 {
+		t.Fatalf("last checkpoint at %d with %d+%d bytes of hash state, want one at the end (%d) with both", last.Offset, len(last.MD5State), len(last.HashState), n)
+	}
+	req.Resume = &last
+	got, err := c.Fill(context.Background(), dev, bytes.NewReader(nil), req)
+	if err != nil {
+		t.Fatalf("resume at the end: %v", err)
+	}
+	if got != wantDigest(src) {
+		t.Errorf("digest resumed at the end %+v, want %+v", got, wantDigest(src))
+	}
+}
+
 func TestFillGrows(t *testing.T) {
 	src := randomBytes(300<<10, 3)
 	c := &Copier{ChunkSize: 16 << 10, Depth: 4}

@@ -450,7 +450,9 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 		return Result{}, err
 	}
 	resume := x.rec.Checkpoint
-	if resume != nil && (resume.Offset > info.Size || resume.Offset%int64(x.dev.BlockSize()) != 0) {
+	// A checkpoint at the object's end (the copy finished, a later step
+	// failed) may be unaligned: the copy resumes there and reads nothing.
+	if resume != nil && (resume.Offset > info.Size || resume.Offset%int64(x.dev.BlockSize()) != 0 && resume.Offset != info.Size) {
 		log.Warn().Int64("offset", resume.Offset).Msg("checkpoint does not fit the staged object: starting over")
 		resume = nil
 	}
@@ -498,7 +500,6 @@ func (x *run) upload(ctx context.Context) (Result, error) {
 	if err := x.verify(dg); err != nil {
 		return Result{}, err
 	}
-	x.rec.Checkpoint = &Checkpoint{Offset: dg.Bytes, At: time.Now().UTC()}
 	if err := x.step(ctx, StepDetaching); err != nil {
 		return Result{}, err
 	}

@@ -114,3 +114,46 @@ func TestExportEvictsAnIdleDownloadAttachment(t *testing.T) {
 		t.Errorf("export %+v (upload %s); %d download and %d volume attachments left", res, up.Checksum, d.Attached(), g.vols.Attachments())
 	}
 }
+
+// failFinish fails the first write of an image's metadata (a Cinder outage
+// after the copy), as a retryable error.
+type failFinish struct {
+	jobs.Volumes
+	failed bool
+}
+
+func (f *failFinish) SetMetadata(ctx context.Context, id string, md map[string]string) error {
+	if _, final := md[jobs.MetaChecksum]; final && !f.failed {
+		f.failed = true
+		return errors.New("cinder-api is away")
+	}
+	return f.Volumes.SetMetadata(ctx, id, md)
+}
+
+// TestUploadRetriedAfterItsCopy: an attempt copies the whole image, then
+// fails on the volume service before the image is finished. The retry
+// resumes from the checkpoint at the end of the image — which must hold the
+// hash states — and completes with the image's hashes.
+func TestUploadRetriedAfterItsCopy(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	want, err := g.runner(t, nil).Run(ctx, jobs.Job{Version: 1, ID: "reference", Kind: jobs.KindUpload, ImageID: "ref",
+		Source: g.job.Source, Size: g.job.Size}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &failFinish{Volumes: g.vols}
+	r.Volumes = f
+	if _, err := r.Run(ctx, g.job, 1); err == nil || jobs.IsPermanent(err) || !f.failed {
+		t.Fatalf("first attempt: %v, want a retryable failure while finishing", err)
+	}
+	res, err := r.Run(ctx, g.job, 2)
+	if err != nil {
+		t.Fatalf("retry after the copy: %v", err)
+	}
+	if res.Size != want.Size || res.Checksum != want.Checksum || res.OSHashValue != want.OSHashValue {
+		t.Errorf("retry after the copy: %+v, want the image's size and hashes %+v", res, want)
+	}
+}

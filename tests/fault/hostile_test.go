@@ -72,6 +72,8 @@ func hostile() []struct {
 func TestHostileJobs(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
+	r := addRow(t, "hostile job messages (completed: dead-lettered with their reason)")
+	good := addRow(t, "a good job right after the hostile corpus")
 	w := harness.StartWorker(t, harness.WorkerOptions{BinDir: binDir, Args: []string{"--concurrency", "4"}})
 	pid := w.Pid()
 	nc, err := queue.Connect(ctx, w.Endpoints.NATSURL, queue.ConnectOptions{Name: "hostile"})
@@ -102,6 +104,7 @@ func TestHostileJobs(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	r.runs = len(corpus)
 	for _, h := range corpus {
 		var found *queue.DeadLetter
 		for i := range dead {
@@ -115,17 +118,22 @@ func TestHostileJobs(t *testing.T) {
 			t.Errorf("%s: not dead-lettered", h.name)
 		case !strings.Contains(found.Reason, h.reason):
 			t.Errorf("%s: dead-lettered with reason %q, want one with %q", h.name, found.Reason, h.reason)
+		default:
+			r.completed++
 		}
 	}
 	if len(dead) != len(corpus) {
 		t.Errorf("%d dead letters for %d hostile messages", len(dead), len(corpus))
 	}
+	good.runs = 1
 	out, stderr, code := w.Enqueue(ctx, "upload", "--file", writeFile(t, 1<<20), "--job-id", "after-hostile", "--wait", "--output", "json")
 	if code != 0 {
 		t.Fatalf("a good job after the corpus: %d %s", code, stderr)
 	}
 	if !strings.Contains(out, `"location"`) {
 		t.Errorf("good job result: %s", out)
+	} else {
+		good.completed = 1
 	}
 	if w.Pid() != pid {
 		t.Error("the worker restarted")
@@ -134,6 +142,7 @@ func TestHostileJobs(t *testing.T) {
 		t.Errorf("the worker log mentions panic %d times", n)
 	}
 	if v := volumeFiles(t, w.DataDir); len(v) != 1 {
+		r.leaks = max(0, len(v)-1)
 		t.Errorf("%d volumes after the corpus and one good job, want 1: %v", len(v), v)
 	}
 	t.Logf("%d hostile messages dead-lettered with their reasons; the next job completed", len(corpus))

@@ -8,8 +8,12 @@ import (
 	"github.com/cinderport/cinderport/tests/harness"
 )
 
-// binDir holds bin/worker and bin/enqueue, built once for the package.
-var binDir string
+var (
+	// binDir holds bin/worker and bin/enqueue, built once for the package.
+	binDir string
+	lab    harness.SharedCinderLab
+	minio  harness.SharedMinIO
+)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "cinderport-fault-bin-")
@@ -23,6 +27,9 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	code := m.Run()
+	printTable(os.Stdout)
+	minio.Close()
+	lab.Close()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -78,6 +78,10 @@ func Start(o Options) (*Server, error) {
 // ClientURL is the URL clients connect to.
 func (s *Server) ClientURL() string { return s.s.ClientURL() }
 
+// Name is the server's name (a cluster's nodes are n0, n1, …), as stream
+// and bucket infos name their leaders.
+func (s *Server) Name() string { return s.s.Name() }
+
 // Shutdown stops the server and waits for it.
 func (s *Server) Shutdown() {
 	s.s.Shutdown()
