@@ -8,7 +8,7 @@ import (
 )
 
 // chart draws throughput-over-time series as a self-contained SVG line chart.
-func chart(series map[string][]Tick) string {
+func chart(title string, series map[string][]Tick) string {
 	const w, h, left, bottom, top, right = 860.0, 420.0, 70.0, 50.0, 40.0, 180.0
 	var maxT, maxY float64
 	names := make([]string, 0, len(series))
@@ -28,7 +28,7 @@ func chart(series map[string][]Tick) string {
 	colors := []string{"#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"}
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%.0f" height="%.0f" font-family="sans-serif" font-size="12">`+"\n", w, h)
-	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="22" font-size="15">Upload throughput over time (MB/s, 250 ms samples)</text>`+"\n", left)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/><text x="%.0f" y="22" font-size="14">%s</text>`+"\n", left, escape(title))
 	for i := 0; i <= 5; i++ {
 		v := maxY * float64(i) / 5
 		fmt.Fprintf(&b, `<line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="#ddd"/><text x="%.1f" y="%.1f" text-anchor="end">%.0f</text>`+"\n",

@@ -202,7 +202,7 @@ func BenchmarkQueue(b *testing.B) {
 		if n == 2 {
 			twoX = rate / base
 		}
-		ts.add(float64(n), secs, rate, rate/base, ms(percentile(starts, 0.5)), ms(percentile(starts, 0.99)))
+		ts.add(n, secs, rate, rate/base, ms(percentile(starts, 0.5)), ms(percentile(starts, 0.99)))
 	}
 	ts.note("Workers are separate processes sharing one zone's durable consumer; each has its own journal and local volumes. " +
 		"Start latencies in a burst include the time a job waits behind the others.")
