@@ -111,7 +111,7 @@ func BenchmarkTransfer(b *testing.B) {
 			raw.wall.Seconds(), mbps(raw.wall.Seconds()), raw.wall.Seconds()/q)
 		up.add(name, "qemu-img", q, mbps(q), 1.0, q, mbps(q), 1.0)
 		ow := ours.wall.Seconds()
-		up.add(name, "**cinderport** (hashing on)", ow, mbps(ow), ow/q, ours.data, mbps(ours.data), ours.data/q)
+		up.add(name, "cinderport (hashing on)", ow, mbps(ow), ow/q, ours.data, mbps(ours.data), ours.data/q)
 		report.target("upload "+name+": job wall time vs qemu-img", "≤ 1.0×",
 			fmt.Sprintf("%.2f× (%.2f s vs %.2f s; data phase %.2f×)", ow/q, ow, q, ours.data/q), ow <= q)
 
@@ -296,8 +296,8 @@ func (s *stack) downloads(ctx context.Context, sec *Section, w *harness.Worker, 
 	name := sizeName(im.size)
 	mbps := func(d time.Duration) float64 { return float64(im.size) / 1e6 / d.Seconds() }
 	sec.add(name, "qemu-img", q.Seconds(), mbps(q), 1.0)
-	sec.add(name, "**cinderport**, first GET", cold.Seconds(), mbps(cold), cold.Seconds()/q.Seconds())
-	sec.add(name, "**cinderport**, again", warm.Seconds(), mbps(warm), warm.Seconds()/q.Seconds())
+	sec.add(name, "cinderport, first GET", cold.Seconds(), mbps(cold), cold.Seconds()/q.Seconds())
+	sec.add(name, "cinderport, again", warm.Seconds(), mbps(warm), warm.Seconds()/q.Seconds())
 	report.target("download "+name+" vs qemu-img", "≤ 1.0×",
 		fmt.Sprintf("%.2f× first GET (%.2f s vs %.2f s); %.2f× on the kept attachment", cold.Seconds()/q.Seconds(),
 			cold.Seconds(), q.Seconds(), warm.Seconds()/q.Seconds()), cold <= q)
