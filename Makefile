@@ -37,13 +37,15 @@ test-deps-go:
 	  echo "building MinIO from the Go module proxy (pinned; ~2 minutes)"; \
 	  GOBIN="$(TOOLS)" $(GO) install $(MINIO_MOD); fi
 
-## bench: cinderport beside its peers (qemu-img, dd) in one run; a markdown table, bench.json and bench.svg
-## (BENCH_ARGS=-bench.json=- prints JSON instead of the table; BENCH=Queue runs one benchmark)
+## bench: cinderport beside its peers (qemu-img, dd) in one run: prints a markdown table (BENCH_ARGS=--json: JSON)
+## and writes bench.json and bench.svg; the go test output goes to stderr (BENCH=Queue or BENCH=Transfer runs one)
 BENCH ?= .
 BENCH_ARGS ?=
+BENCH_OUT ?= $(CURDIR)/bench.out
 bench:
-	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 90m ./tests/bench \
-	  -args -bench.json bench.json -bench.svg bench.svg $(BENCH_ARGS)
+	@rm -f $(BENCH_OUT); $(GO) test -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 90m ./tests/bench \
+	  -args -bench.json $(CURDIR)/bench.json -bench.svg $(CURDIR)/bench.svg -bench.out $(BENCH_OUT) $(BENCH_ARGS) 1>&2; \
+	  status=$$?; cat $(BENCH_OUT) 2>/dev/null; exit $$status
 
 ## fuzz: run every fuzz target for FUZZTIME each
 FUZZTIME ?= 60s

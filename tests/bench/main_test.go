@@ -14,13 +14,21 @@ import (
 )
 
 var (
+	asJSON  = flag.Bool("json", false, "print the report as JSON instead of a markdown table")
 	jsonOut = flag.String("bench.json", "", "also write the report as JSON to this file (- for stdout instead of the table)")
 	svgOut  = flag.String("bench.svg", "", "write the throughput-over-time chart of the largest upload to this SVG file")
-	sizes   = flag.String("bench.sizes", "1GiB,4GiB", "upload sizes")
+	outFile = flag.String("bench.out", "", "print the report (table, or JSON with -json) to this file instead of stdout")
+	sizes   = flag.String("bench.sizes", "1GiB,4GiB", "upload sizes; the first is also downloaded, the largest is charted and its worker's memory held to the target")
 )
 
-// binDir holds bin/worker and bin/enqueue, built once.
-var binDir string
+var (
+	// binDir holds bin/worker and bin/enqueue, built once.
+	binDir string
+	// sharedLab and sharedMinIO are started by the first benchmark that
+	// needs them and stopped when the run ends.
+	sharedLab   harness.SharedCinderLab
+	sharedMinIO harness.SharedMinIO
+)
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -35,6 +43,8 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	code := m.Run()
+	sharedMinIO.Close()
+	sharedLab.Close()
 	os.RemoveAll(dir)
 	if err := report.write(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench report:", err)
@@ -63,9 +73,11 @@ type Target struct {
 // Report collects what the benchmarks measured.
 type Report struct {
 	mu       sync.Mutex
-	Sections []*Section        `json:"sections"`
-	Targets  []Target          `json:"targets"`
-	Series   map[string][]Tick `json:"series,omitempty"`
+	Sections []*Section `json:"sections"`
+	Targets  []Target   `json:"targets"`
+	// Series are the chart's lines, under ChartTitle.
+	Series     map[string][]Tick `json:"series,omitempty"`
+	ChartTitle string            `json:"chart_title,omitempty"`
 }
 
 // Tick is one point of a throughput-over-time series.
@@ -107,29 +119,33 @@ func (r *Report) write() error {
 		return nil
 	}
 	sort.SliceStable(r.Sections, func(i, j int) bool { return r.Sections[i].order < r.Sections[j].order })
-	if *jsonOut != "" {
-		b, err := json.MarshalIndent(r, "", "  ")
-		if err != nil {
-			return err
-		}
-		if *jsonOut == "-" {
-			_, err = os.Stdout.Write(append(b, '\n'))
-			return err
-		}
-		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
-			return err
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode the report: %w", err)
+	}
+	js = append(js, '\n')
+	if *jsonOut != "" && *jsonOut != "-" {
+		if err := os.WriteFile(*jsonOut, js, 0o644); err != nil {
+			return fmt.Errorf("write the JSON report: %w", err)
 		}
 	}
 	if *svgOut != "" && len(r.Series) > 0 {
-		if err := os.WriteFile(*svgOut, []byte(chart(r.Series)), 0o644); err != nil {
-			return err
+		if err := os.WriteFile(*svgOut, []byte(chart(r.ChartTitle, r.Series)), 0o644); err != nil {
+			return fmt.Errorf("write the chart: %w", err)
 		}
 	}
-	if *jsonOut == "-" {
+	out := []byte(r.markdown())
+	if *asJSON || *jsonOut == "-" {
+		out = js
+	}
+	if *outFile != "" {
+		if err := os.WriteFile(*outFile, out, 0o644); err != nil {
+			return fmt.Errorf("write the report: %w", err)
+		}
 		return nil
 	}
-	fmt.Print(r.markdown())
-	return nil
+	_, err = os.Stdout.Write(out)
+	return err
 }
 
 func (r *Report) markdown() string {
