@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"context"
 	"crypto/md5"
 	"crypto/sha512"
@@ -11,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -228,64 +226,15 @@ func (s *stack) newVolumeFile(before map[string]bool) func() string {
 	}
 }
 
-// metrics scrapes the worker's /metrics into series → value, a series
-// being the metric's name with its labels as printed.
+// metrics scrapes the worker's /metrics (harness.Worker.Metrics); a failed
+// scrape fails b.
 func metrics(b *testing.B, w *harness.Worker) map[string]float64 {
 	b.Helper()
-	resp, err := http.Get(w.HTTPURL + "/metrics")
+	m, err := w.Metrics()
 	if err != nil {
-		b.Fatalf("scrape metrics: %v", err)
+		b.Fatal(err)
 	}
-	defer resp.Body.Close()
-	out := map[string]float64{}
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
-	}
-	if err := sc.Err(); err != nil {
-		b.Fatalf("scrape metrics: %v", err)
-	}
-	return out
-}
-
-// volumeCalls sums the Cinder calls' counts and seconds per operation
-// between two scrapes.
-func volumeCalls(before, after map[string]float64) (count, seconds map[string]float64) {
-	count, seconds = map[string]float64{}, map[string]float64{}
-	for series, v := range after {
-		name, labels, ok := strings.Cut(series, "{")
-		if !ok {
-			continue
-		}
-		op := label(labels, "op")
-		switch name {
-		case "cinderport_volume_api_duration_seconds_count":
-			count[op] += v - before[series]
-		case "cinderport_volume_api_duration_seconds_sum":
-			seconds[op] += v - before[series]
-		}
-	}
-	return count, seconds
-}
-
-// label extracts one label's value from `a="x",b="y"}`.
-func label(labels, name string) string {
-	_, rest, ok := strings.Cut(labels, name+`="`)
-	if !ok {
-		return ""
-	}
-	v, _, _ := strings.Cut(rest, `"`)
-	return v
+	return m
 }
 
 // phases is where an upload job's time went, from the runner's debug step

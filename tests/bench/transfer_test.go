@@ -234,7 +234,7 @@ func (s *stack) cinderportUpload(ctx context.Context, w *harness.Worker, im *ima
 	if r.Size != im.size || r.Checksum != im.md5 || r.OSHashAlgo != "sha512" || r.OSHashValue != im.sha512 {
 		b.Fatalf("job result %+v: want %d bytes, md5 %s, sha512 %.16s…", r, im.size, im.md5, im.sha512)
 	}
-	count, secs := volumeCalls(before, metrics(b, w))
+	count, secs := harness.VolumeCalls(before, metrics(b, w))
 	p := jobPhases(b, w, jobID)
 	return upload{wall: wall, data: p.steps["copying"] + p.steps["flushing"], ticks: ticks, phases: p,
 		count: count, secs: secs, hwm: hwm, rss: smp.rss}, r.VolumeID

@@ -1,7 +1,6 @@
 package fault
 
 import (
-	"bytes"
 	"context"
 	"crypto/md5"
 	"crypto/sha512"
@@ -69,7 +68,7 @@ func newStack(t *testing.T, natsURL string) *stack {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"cinder-volume", "cinder-wsgi"} {
-				t.Logf("%s log (tail):\n%s", name, lastLines(l.Logs(name), 60))
+				t.Logf("%s log (tail):\n%s", name, harness.LastLines(l.Logs(name), 60))
 			}
 		}
 	})
@@ -259,7 +258,7 @@ func (s *stack) checkUpload(im *image, r jobs.Result, jobID, imageID string) []s
 		return append(bad, err.Error())
 	}
 	defer f.Close()
-	if err := sameBytes(f, im.reader(), im.size); err != nil {
+	if err := harness.SameBytes(f, im.reader(), im.size); err != nil {
 		bad = append(bad, "the volume's bytes differ from the image: "+err.Error())
 	}
 	return bad
@@ -287,30 +286,6 @@ func (s *stack) exports(volumeID string) []string {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
-}
-
-// sameBytes reads n bytes from got and want and reports where they first
-// differ.
-func sameBytes(got, want io.Reader, n int64) error {
-	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
-	for off := int64(0); off < n; {
-		k := int(min(int64(len(a)), n-off))
-		if _, err := io.ReadFull(got, a[:k]); err != nil {
-			return fmt.Errorf("read at %d of %d: %w", off, n, err)
-		}
-		if _, err := io.ReadFull(want, b[:k]); err != nil {
-			return fmt.Errorf("read the reference at %d: %w", off, err)
-		}
-		if !bytes.Equal(a[:k], b[:k]) {
-			for i := range k {
-				if a[i] != b[i] {
-					return fmt.Errorf("bytes differ at offset %d", off+int64(i))
-				}
-			}
-		}
-		off += int64(k)
-	}
-	return nil
 }
 
 // volumesNamed lists the volumes named name, as the cloud admin sees them.
@@ -406,14 +381,6 @@ func logLines(w *harness.Worker, msg, jobID string) int {
 		}
 	}
 	return n
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // errEnded is why a trigger did not fire: the job ended first.

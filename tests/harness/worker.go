@@ -95,7 +95,7 @@ func StartWorker(t testing.TB, o WorkerOptions) *Worker {
 	t.Cleanup(func() {
 		w.Stop()
 		if t.Failed() {
-			t.Logf("worker %s log (tail):\n%s", o.DataDir, tail(w.Logs(), 60))
+			t.Logf("worker %s log (tail):\n%s", o.DataDir, LastLines(w.Logs(), 60))
 		}
 	})
 	if err := w.Start(); err != nil {
@@ -142,14 +142,14 @@ func (w *Worker) Start() error {
 	for {
 		select {
 		case <-done:
-			return fmt.Errorf("worker exited at start-up:\n%s", tail(w.Logs(), 40))
+			return fmt.Errorf("worker exited at start-up:\n%s", LastLines(w.Logs(), 40))
 		case <-time.After(50 * time.Millisecond):
 		}
 		if w.ready(from, cmd.Process.Pid) {
 			return nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("worker not ready within 60 s:\n%s", tail(w.Logs(), 40))
+			return fmt.Errorf("worker not ready within 60 s:\n%s", LastLines(w.Logs(), 40))
 		}
 	}
 }
@@ -316,12 +316,4 @@ func CleanEnv() []string {
 		env = append(env, kv)
 	}
 	return env
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cinderport/cinderport/tests/harness"
 )
 
 // TestUploadGrowsOnline uploads 1.5 GiB of unknown size on a worker told
@@ -39,7 +41,7 @@ func TestUploadGrowsOnline(t *testing.T) {
 			t.Errorf("the volume was grown offline: %v", g)
 		}
 	}
-	count, secs := volumeCalls(metrics(t, w))
+	count, secs := harness.VolumeCalls(nil, metrics(t, w))
 	if len(grows) != 1 || count["extend"] != 1 {
 		t.Errorf("%d growth steps and %v extend calls for 1.5 GiB from 1 GiB, want 1 (doubling)", len(grows), count["extend"])
 	}
@@ -61,7 +63,7 @@ func sessionEvents(m map[string]float64) map[string]float64 {
 	out := map[string]float64{}
 	for series, v := range m {
 		if name, labels, ok := strings.Cut(series, "{"); ok && name == "cinderport_iscsi_session_errors_total" {
-			out[label(labels, "event")] = v
+			out[harness.Label(labels, "event")] = v
 		}
 	}
 	return out

@@ -61,30 +61,6 @@ func (s *stack) stage(ctx context.Context, im *image, key string) {
 	im.key, im.md5, im.sha512 = key, hex.EncodeToString(m.Sum(nil)), hex.EncodeToString(h.Sum(nil))
 }
 
-// sameBytes reads n bytes from got and want and reports where they first
-// differ.
-func sameBytes(got, want io.Reader, n int64) error {
-	a, b := make([]byte, 1<<20), make([]byte, 1<<20)
-	for off := int64(0); off < n; {
-		k := int(min(int64(len(a)), n-off))
-		if _, err := io.ReadFull(got, a[:k]); err != nil {
-			return fmt.Errorf("read at %d of %d: %w", off, n, err)
-		}
-		if _, err := io.ReadFull(want, b[:k]); err != nil {
-			return fmt.Errorf("read the reference at %d: %w", off, err)
-		}
-		if !bytes.Equal(a[:k], b[:k]) {
-			for i := range k {
-				if a[i] != b[i] {
-					return fmt.Errorf("bytes differ at offset %d", off+int64(i))
-				}
-			}
-		}
-		off += int64(k)
-	}
-	return nil
-}
-
 // expect is what an upload's volume must look like.
 type expect struct {
 	jobID, imageID string
@@ -152,7 +128,7 @@ func (s *stack) checkUpload(im *image, r result, e expect) {
 	if st.Size() != int64(want)*giB {
 		t.Errorf("%s: the volume's file is %d bytes, want %d GiB", e.jobID, st.Size(), want)
 	}
-	if err := sameBytes(f, im.reader(), im.size); err != nil {
+	if err := harness.SameBytes(f, im.reader(), im.size); err != nil {
 		t.Errorf("%s: the volume's bytes (its backing file) differ from the image: %v", e.jobID, err)
 	}
 }
@@ -289,7 +265,7 @@ func (s *stack) checkDownload(url string, im *image) {
 		h.Get("X-Image-Os-Hash-Value") != im.sha512 || h.Get("ETag") != `"`+im.md5+`"` {
 		t.Errorf("download headers: length %d, %v; want %d bytes, md5 %s", resp.ContentLength, h, im.size, im.md5)
 	}
-	if err := sameBytes(resp.Body, im.reader(), im.size); err != nil {
+	if err := harness.SameBytes(resp.Body, im.reader(), im.size); err != nil {
 		t.Errorf("downloaded image differs: %v", err)
 	}
 	if n, _ := io.Copy(io.Discard, resp.Body); n != 0 {

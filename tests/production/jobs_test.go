@@ -152,7 +152,7 @@ func (s *stack) checkExport(ctx context.Context, w *harness.Worker, volumeID str
 		t.Fatal(err)
 	}
 	defer body.Close()
-	if err := sameBytes(body, im.reader(), im.size); err != nil {
+	if err := harness.SameBytes(body, im.reader(), im.size); err != nil {
 		t.Errorf("exported object differs from the image: %v", err)
 	}
 	t.Logf("export of %d bytes to %s: %.2f s", im.size, key, took.Seconds())

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/cinderport/cinderport/tests/harness"
 )
 
 // TestKeystoneDownloads: a worker with --download-auth keystone asks the
@@ -75,7 +77,7 @@ func TestKeystoneDownloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	if err := sameBytes(f, im.reader(), im.size); err != nil {
+	if err := harness.SameBytes(f, im.reader(), im.size); err != nil {
 		t.Errorf("downloaded with a token: %v", err)
 	}
 }

@@ -1,10 +1,8 @@
 package production
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +33,7 @@ func newStack(t *testing.T) *stack {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"cinder-volume", "cinder-wsgi"} {
-				t.Logf("%s log (tail):\n%s", name, lastLines(l.Logs(name), 80))
+				t.Logf("%s log (tail):\n%s", name, harness.LastLines(l.Logs(name), 80))
 			}
 		}
 	})
@@ -111,58 +109,15 @@ func resultOf(t testing.TB, out string) result {
 	return r
 }
 
-// metrics scrapes the worker's /metrics into series → value, a series
-// being the metric's name with its labels as printed
-// (cinderport_volume_api_duration_seconds_sum{op="create",outcome="ok"}).
+// metrics scrapes the worker's /metrics (harness.Worker.Metrics); a failed
+// scrape fails t.
 func metrics(t testing.TB, w *harness.Worker) map[string]float64 {
 	t.Helper()
-	_, body := httpGet(t, w.HTTPURL+"/metrics", nil)
-	out := map[string]float64{}
-	sc := bufio.NewScanner(strings.NewReader(string(body)))
-	for sc.Scan() {
-		line := sc.Text()
-		if strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		if i < 0 {
-			continue
-		}
-		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
-			out[line[:i]] = v
-		}
+	m, err := w.Metrics()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
-}
-
-// volumeCalls sums a worker's Cinder call counts and seconds per operation
-// (every outcome).
-func volumeCalls(m map[string]float64) (count, seconds map[string]float64) {
-	count, seconds = map[string]float64{}, map[string]float64{}
-	for series, v := range m {
-		name, labels, ok := strings.Cut(series, "{")
-		if !ok || !strings.HasPrefix(name, "cinderport_volume_api_duration_seconds_") {
-			continue
-		}
-		op := label(labels, "op")
-		switch name {
-		case "cinderport_volume_api_duration_seconds_count":
-			count[op] += v
-		case "cinderport_volume_api_duration_seconds_sum":
-			seconds[op] += v
-		}
-	}
-	return count, seconds
-}
-
-// label extracts one label's value from `a="x",b="y"}`.
-func label(labels, name string) string {
-	_, rest, ok := strings.Cut(labels, name+`="`)
-	if !ok {
-		return ""
-	}
-	v, _, _ := strings.Cut(rest, `"`)
-	return v
+	return m
 }
 
 // logLines decodes a worker's JSON log lines that carry msg as their
@@ -179,12 +134,4 @@ func logLines(w *harness.Worker, msg string) []map[string]any {
 		}
 	}
 	return out
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

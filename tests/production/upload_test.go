@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/cinderport/cinderport/tests/harness"
 )
 
 // TestUploadSizes uploads images around the GiB boundaries — and one of
@@ -101,7 +103,7 @@ func TestUpload1GiB(t *testing.T) {
 	s.checkUpload(im, r, expect{jobID: jobID, imageID: imageID})
 	// Scraped now: only the start-up reconciliation (find) and this job
 	// called Cinder so far.
-	count, secs := volumeCalls(metrics(t, w))
+	count, secs := harness.VolumeCalls(nil, metrics(t, w))
 	url := s.signURL(ctx, w, r.VolumeID)
 	dl := time.Now()
 	s.checkDownload(url, im)
@@ -174,7 +176,7 @@ func (s *stack) concurrentDownloads(url, volumeID string, im *image, n int) {
 				errs <- fmt.Errorf("%s", resp.Status)
 				return
 			}
-			if err := sameBytes(resp.Body, im.reader(), im.size); err != nil {
+			if err := harness.SameBytes(resp.Body, im.reader(), im.size); err != nil {
 				errs <- err
 			}
 		}()
