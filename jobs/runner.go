@@ -203,6 +203,12 @@ func (x *run) load(ctx context.Context) error {
 	}
 	rec.Attempts = max(rec.Attempts, x.attempt)
 	x.rec = rec
+	if rec.Rev == 0 {
+		// A new record is journaled with the first thing worth keeping (the
+		// volume's id): until then a crash leaves nothing to recover, and a
+		// second run of the job here still conflicts at that first save.
+		return nil
+	}
 	return x.save(ctx)
 }
 
@@ -220,13 +226,20 @@ func (x *run) save(ctx context.Context) error {
 	return nil
 }
 
+// step moves the job to step s: the record in memory and an event for
+// watchers. The step is not journaled by itself: recovery never depends on
+// it (only on the volume and attachment ids and the checkpoint, each
+// journaled before it matters), so the next save carries it. A commit per
+// step would double the journal's fsyncs on small jobs.
 func (x *run) step(ctx context.Context, s Step) error {
+	x.mu.Lock()
 	x.rec.Step = s
+	x.mu.Unlock()
 	// The time since the run started: the logs' timestamps have whole
 	// seconds, too coarse to see where a job spends its time.
 	x.log.Debug().Str("step", string(s)).Dur("elapsed", time.Since(x.started)).Msg("step")
 	x.event(ctx, StateRunning, 0, true)
-	return x.save(ctx)
+	return nil
 }
 
 // event publishes a running/progress event; progress events are throttled.
@@ -365,8 +378,14 @@ func (x *run) detach(ctx context.Context) error {
 	if err := x.Volumes.Detach(ctx, x.rec.AttachmentID); err != nil {
 		return fmt.Errorf("detach volume %s (attachment %s): %w", x.rec.VolumeID, x.rec.AttachmentID, err)
 	}
+	// Not journaled here: every caller saves soon after (attach with the
+	// new attachment, finish with the outcome). A crash before that leaves
+	// the old id in the journal, and detaching a gone attachment again is a
+	// no-op for both volume services.
+	x.mu.Lock()
 	x.rec.AttachmentID = ""
-	return x.save(ctx)
+	x.mu.Unlock()
+	return nil
 }
 
 // attach attaches the volume in mode and connects to it. The attachment id

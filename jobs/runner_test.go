@@ -157,3 +157,38 @@ func TestUploadRetriedAfterItsCopy(t *testing.T) {
 		t.Errorf("retry after the copy: %+v, want the image's size and hashes %+v", res, want)
 	}
 }
+
+// countingJournal counts the journal's commits.
+type countingJournal struct {
+	jobs.Journal
+	saves int
+}
+
+func (c *countingJournal) Save(ctx context.Context, rec jobs.Record) (jobs.Record, error) {
+	c.saves++
+	return c.Journal.Save(ctx, rec)
+}
+
+// TestSmallUploadCommitsThreeTimes: an upload smaller than the checkpoint
+// interval journals what recovery needs — the volume's id, the attachment's
+// id, the outcome — and nothing else: steps are not journaled, nor a
+// checkpoint no retry would use. Each commit is two fsyncs, and small jobs
+// are bound by them.
+func TestSmallUploadCommitsThreeTimes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	cj := &countingJournal{Journal: r.Journal}
+	r.Journal = cj
+	if _, err := r.Run(ctx, g.job, 1); err != nil {
+		t.Fatal(err)
+	}
+	if cj.saves != 3 {
+		t.Errorf("%d journal commits for a small upload, want 3 (volume, attachment, outcome)", cj.saves)
+	}
+	rec, err := cj.Load(ctx, g.job.ID)
+	if err != nil || rec.Outcome != "completed" || rec.AttachmentID != "" || rec.Step != jobs.StepDone {
+		t.Errorf("journal record %+v, %v: want completed, detached, done", rec, err)
+	}
+}

@@ -26,6 +26,7 @@ type config struct {
 	httpCert  string
 	httpKey   string
 	logLevel  string
+	pprof     bool
 	logFormat string
 
 	natsURL    string
@@ -95,6 +96,7 @@ func parseConfig(args, env []string, stderr io.Writer) (config, error) {
 	fs.String(&c.downloadAuth, "download-auth", "signed-url", "how downloads authenticate, comma separated: signed-url (HMAC with --download-key-file), keystone (X-Auth-Token checked against Keystone; needs Cinder credentials)")
 	fs.String(&c.downloadKeyFile, "download-key-file", "", "download signing keys, one hex key per line, the first signs (default: <data-dir>/download.key, created if missing)")
 	fs.String(&c.downloadRoles, "download-roles", "admin,service", "keystone download auth: a token needs one of these roles")
+	fs.Bool(&c.pprof, "pprof", false, "serve Go runtime profiles on the HTTP API under /debug/pprof/ (for diagnosis; keep the API on a private address)")
 	fs.String(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.String(&c.logFormat, "log-format", "auto", "json, console, or auto (console on a terminal)")
 	fs.String(&c.natsURL, "nats-url", "", "NATS server URL(s), comma separated; empty: run nats-server in-process")

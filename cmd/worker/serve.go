@@ -77,7 +77,10 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver, Worker: c.name})
+	q, err := queue.Open(ctx, deps.nc, queue.Config{Replicas: c.replicas, AckWait: c.ackWait, MaxDeliver: c.maxDeliver, Worker: c.name,
+		AsyncError: func(jobID string, err error) {
+			log.Warn().Err(err).Str("job_id", jobID).Msg("record a job's status")
+		}})
 	if err != nil {
 		return fmt.Errorf("open the job queue: %w", err)
 	}
@@ -98,7 +101,7 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	api := &httpapi.Server{Downloads: downloads, Log: log, Auth: auth, Metrics: m.Handler(), Ready: func(ctx context.Context) error {
+	api := &httpapi.Server{Downloads: downloads, Log: log, Auth: auth, Metrics: m.Handler(), Profiling: c.pprof, Ready: func(ctx context.Context) error {
 		if !deps.nc.IsConnected() {
 			return errors.New("NATS is not connected")
 		}
@@ -203,6 +206,9 @@ func serve(ctx context.Context, c config, stdout, stderr io.Writer) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	if err := q.Flush(sctx); err != nil {
+		log.Warn().Err(err).Msg("flush job statuses")
+	}
 	srv.Shutdown(sctx)
 	<-httpDone
 	downloads.Close()

@@ -174,3 +174,17 @@ func TestServerStatuses(t *testing.T) {
 		t.Errorf("no authenticator: %d", w.Code)
 	}
 }
+
+// TestProfilesOnlyWhenAsked: /debug/pprof/ answers only with Profiling on.
+func TestProfilesOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		w := httptest.NewRecorder()
+		(&Server{Profiling: on}).Handler().ServeHTTP(w, httptest.NewRequest(http.MethodGet, "/debug/pprof/heap?debug=1", nil))
+		if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; w.Code != want {
+			t.Errorf("profiling %v: %d, want %d", on, w.Code, want)
+		}
+	}
+	if r := Route(httptest.NewRequest(http.MethodGet, "/debug/pprof/profile", nil)); r != "pprof" {
+		t.Errorf("route of a profile: %q, want pprof", r)
+	}
+}

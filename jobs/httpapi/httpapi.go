@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -35,7 +36,10 @@ type Server struct {
 	Auth Authenticator
 	// Metrics, when set, is served on /metrics.
 	Metrics http.Handler
-	Log     zerolog.Logger
+	// Profiling serves Go's runtime profiles on /debug/pprof/ (off by
+	// default: they reveal internals and cost CPU while taken).
+	Profiling bool
+	Log       zerolog.Logger
 }
 
 // Handler returns the API's routes.
@@ -48,6 +52,13 @@ func (s *Server) Handler() http.Handler {
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 	}
+	if s.Profiling {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 
@@ -58,6 +69,8 @@ func Route(r *http.Request) string {
 		return "image"
 	case p == "/healthz", p == "/readyz", p == "/metrics":
 		return p[1:]
+	case strings.HasPrefix(p, "/debug/pprof/"):
+		return "pprof"
 	default:
 		return "other"
 	}

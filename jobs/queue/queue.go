@@ -25,6 +25,8 @@ const (
 	jobsPrefix     = "cinderport.jobs."
 	deadPrefix     = "cinderport.dead."
 	eventsPrefix   = "cinderport.events."
+	// statusPrefix is the subject prefix of the status bucket's entries.
+	statusPrefix = "$KV." + StatusBucket + "."
 
 	maxDeliveriesPrefix = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."
 )
@@ -65,6 +67,9 @@ type Config struct {
 	StatusTTL time.Duration
 	// Worker names this process in the leases it takes (informational).
 	Worker string
+	// AsyncError, when set, hears of a status write that was not waited
+	// for (running and progress events) and failed.
+	AsyncError func(jobID string, err error)
 	// Existing makes Open use the streams and buckets as the workers made
 	// them (their replicas and limits), creating only what is missing: what
 	// a client such as the enqueue CLI wants, so that it never reconfigures
@@ -158,7 +163,11 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Queue, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, m *nats.Msg, err error) {
+		if cfg.AsyncError != nil {
+			cfg.AsyncError(strings.TrimPrefix(m.Subject, statusPrefix), err)
+		}
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -321,10 +330,33 @@ func (q *Queue) Publish(ctx context.Context, ev jobs.Event) error {
 	if err := q.nc.Publish(eventsPrefix+ev.JobID+"."+string(ev.State), b); err != nil {
 		return fmt.Errorf("publish event of job %s: %w", ev.JobID, err)
 	}
+	if !ev.State.Terminal() {
+		// Running and progress events are not waited for: a small job goes
+		// through its steps within milliseconds, and a round trip to the
+		// stream for each would be most of its time. The connection keeps
+		// them in order, so the terminal event, which waits, is recorded
+		// after them; one lost in a broken connection is superseded by the
+		// next (and reported to Config.AsyncError).
+		if _, err := q.js.PublishAsync(statusPrefix+ev.JobID, b); err != nil {
+			return fmt.Errorf("record status of job %s: %w", ev.JobID, err)
+		}
+		return nil
+	}
 	if _, err := q.status.Put(ctx, ev.JobID, b); err != nil {
 		return fmt.Errorf("record status of job %s: %w", ev.JobID, err)
 	}
 	return nil
+}
+
+// Flush waits until the status writes that were not waited for are
+// recorded, or ctx ends: a worker calls it before it disconnects.
+func (q *Queue) Flush(ctx context.Context) error {
+	select {
+	case <-q.js.PublishAsyncComplete():
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d status writes still unconfirmed: %w", q.js.PublishAsyncPending(), ctx.Err())
+	}
 }
 
 // Status returns a job's latest event, or an error wrapping

@@ -286,3 +286,39 @@ func TestClusterSurvivesANode(t *testing.T) {
 		t.Errorf("%d of 2 jobs consumed with a node down", got.Load())
 	}
 }
+
+// TestStatusWritesKeepTheirOrder: running and progress statuses are not
+// waited for, yet a job's terminal status, written right after a burst of
+// them, is the one that stays; Flush waits for those not waited for.
+func TestStatusWritesKeepTheirOrder(t *testing.T) {
+	ctx := context.Background()
+	var asyncErrs atomic.Int64
+	q, _ := startQueue(t, Config{AsyncError: func(string, error) { asyncErrs.Add(1) }})
+	for j := range 20 {
+		id := "order-" + string(rune('a'+j))
+		for i := range 50 {
+			if err := q.Publish(ctx, jobs.Event{JobID: id, State: jobs.StateProgress, Bytes: int64(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if j%2 == 0 {
+			if err := q.Publish(ctx, jobs.Event{JobID: id, State: jobs.StateCompleted}); err != nil {
+				t.Fatal(err)
+			}
+			if ev, err := q.Status(ctx, id); err != nil || ev.State != jobs.StateCompleted {
+				t.Fatalf("status of %s right after its terminal event: %+v, %v; want completed", id, ev, err)
+			}
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := q.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := q.Status(ctx, "order-b"); err != nil || ev.State != jobs.StateProgress || ev.Bytes != 49 {
+		t.Errorf("status of a running job after Flush: %+v, %v; want its last progress (49 bytes)", ev, err)
+	}
+	if n := asyncErrs.Load(); n != 0 {
+		t.Errorf("%d status writes failed", n)
+	}
+}
