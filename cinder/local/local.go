@@ -139,8 +139,8 @@ func (v *Volumes) imagePath(id string) string { return filepath.Join(v.dir, id+"
 // them), which a crash cannot tear while the record fits in a page. A
 // rename per update would allocate a fresh inode each time, and ext4
 // without a journal checks every recently freed inode on each allocation:
-// that cost grew with the update rate until it was half of a small job's
-// CPU. Records larger than a page fall back to the rename.
+// that cost grew with the update rate until it was a quarter of a worker's
+// CPU on small jobs. Records larger than a page fall back to the rename.
 func (v *Volumes) persist(vol *volume) error {
 	b, err := json.Marshal(vol)
 	if err != nil {

@@ -217,6 +217,7 @@ func (s *stack) qemuUpload(im *image) (upload, harness.Target) {
 		ticks := smp.end()
 		if stalled && try == 1 {
 			b.Logf("qemu-img convert %s → %s still running after %v: killed, running it again", s.url(im), tg.URL(), limit)
+			s.tgtd.RemoveTarget(b, tg)
 			continue
 		}
 		if err != nil {
