@@ -16,7 +16,7 @@ func writeFile(t *testing.T, size int64) string {
 	b := make([]byte, size)
 	rand.NewChaCha8([32]byte{byte(size)}).Read(b)
 	if err := os.WriteFile(p, b, 0o600); err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	return p
 }

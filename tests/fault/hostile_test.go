@@ -78,26 +78,26 @@ func TestHostileJobs(t *testing.T) {
 	pid := w.Pid()
 	nc, err := queue.Connect(ctx, w.Endpoints.NATSURL, queue.ConnectOptions{Name: "hostile"})
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	defer nc.Close()
 	q, err := queue.Open(ctx, nc, queue.Config{Existing: true})
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	corpus := hostile()
 	if len(corpus) < 20 {
-		t.Fatalf("the corpus has %d messages, want at least 20", len(corpus))
+		fatalf(t, "the corpus has %d messages, want at least 20", len(corpus))
 	}
 	for i, h := range corpus {
 		if _, err := q.EnqueueRaw(ctx, "cinderport.jobs.upload.default", h.msg, fmt.Sprintf("hostile-%d", i)); err != nil {
-			t.Fatalf("publish %s: %v", h.name, err)
+			fatalf(t, "publish %s: %v", h.name, err)
 		}
 	}
 	var dead []queue.DeadLetter
 	for {
 		if dead, err = q.DeadLetters(ctx); err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		if len(dead) >= len(corpus) || ctx.Err() != nil {
 			break
@@ -115,35 +115,35 @@ func TestHostileJobs(t *testing.T) {
 		}
 		switch {
 		case found == nil:
-			t.Errorf("%s: not dead-lettered", h.name)
+			errorf(t, "%s: not dead-lettered", h.name)
 		case !strings.Contains(found.Reason, h.reason):
-			t.Errorf("%s: dead-lettered with reason %q, want one with %q", h.name, found.Reason, h.reason)
+			errorf(t, "%s: dead-lettered with reason %q, want one with %q", h.name, found.Reason, h.reason)
 		default:
 			r.completed++
 		}
 	}
 	if len(dead) != len(corpus) {
-		t.Errorf("%d dead letters for %d hostile messages", len(dead), len(corpus))
+		errorf(t, "%d dead letters for %d hostile messages", len(dead), len(corpus))
 	}
 	good.runs = 1
 	out, stderr, code := w.Enqueue(ctx, "upload", "--file", writeFile(t, 1<<20), "--job-id", "after-hostile", "--wait", "--output", "json")
 	if code != 0 {
-		t.Fatalf("a good job after the corpus: %d %s", code, stderr)
+		fatalf(t, "a good job after the corpus: %d %s", code, stderr)
 	}
 	if !strings.Contains(out, `"location"`) {
-		t.Errorf("good job result: %s", out)
+		errorf(t, "good job result: %s", out)
 	} else {
 		good.completed = 1
 	}
 	if w.Pid() != pid {
-		t.Error("the worker restarted")
+		errorf(t, "%v", "the worker restarted")
 	}
 	if n := strings.Count(w.Logs(), "panic"); n > 0 {
-		t.Errorf("the worker log mentions panic %d times", n)
+		errorf(t, "the worker log mentions panic %d times", n)
 	}
 	if v := volumeFiles(t, w.DataDir); len(v) != 1 {
 		r.leaks = max(0, len(v)-1)
-		t.Errorf("%d volumes after the corpus and one good job, want 1: %v", len(v), v)
+		errorf(t, "%d volumes after the corpus and one good job, want 1: %v", len(v), v)
 	}
 	t.Logf("%d hostile messages dead-lettered with their reasons; the next job completed", len(corpus))
 }

@@ -49,7 +49,7 @@ func TestSIGKILLDuringUploads(t *testing.T) {
 	seed := uint64(20261203)
 	if v := os.Getenv("CINDERPORT_FAULT_SEED"); v != "" {
 		if _, err := fmt.Sscan(v, &seed); err != nil {
-			t.Fatalf("CINDERPORT_FAULT_SEED=%q: %v", v, err)
+			fatalf(t, "CINDERPORT_FAULT_SEED=%q: %v", v, err)
 		}
 	}
 	rng := rand.New(rand.NewPCG(seed, 6))
@@ -63,12 +63,12 @@ func TestSIGKILLDuringUploads(t *testing.T) {
 		s.upload(ctx, w, im, jobID, imageID)
 		at, err := killAt(ctx, s, rng, phase, jobID, base, im.size)
 		if err != nil && !errors.Is(err, errEnded) {
-			t.Fatalf("run %d: %v", i, err)
+			fatalf(t, "run %d: %v", i, err)
 		}
 		w.Kill()
 		t.Logf("run %2d: SIGKILL %s after %.1f s (%s; %v)", i, phase, time.Since(runStart).Seconds(), at, err)
 		if err := w.Start(); err != nil {
-			t.Fatalf("run %d: restart the worker: %v", i, err)
+			fatalf(t, "run %d: restart the worker: %v", i, err)
 		}
 		res := s.waitEnd(ctx, jobID)
 		r.read += s.proxy.Bytes() - base
@@ -77,7 +77,7 @@ func TestSIGKILLDuringUploads(t *testing.T) {
 		s.finishRun(ctx, r, w, im, res, jobID, imageID)
 	}
 	if r.read > r.images*12/10 {
-		t.Errorf("the worker read %d MiB from staging for %d MiB of images: more than 1.2 ×", r.read>>20, r.images>>20)
+		errorf(t, "the worker read %d MiB from staging for %d MiB of images: more than 1.2 ×", r.read>>20, r.images>>20)
 	}
 	s.checkNoLeaks(r, "img-kill-")
 }

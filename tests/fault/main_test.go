@@ -26,6 +26,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binDir = dir
+	harness.OnFailure = func(t testing.TB, msg string) { keepFailure(t, "%s", []any{msg}) }
 	code := m.Run()
 	printTable(os.Stdout)
 	minio.Close()

@@ -25,7 +25,7 @@ func TestNATSNodeLost(t *testing.T) {
 	r := addRow(t, "NATS node (jobs stream leader) killed mid-job, 3-node cluster, R3")
 	cl, err := natsembed.StartCluster(t.TempDir(), 3)
 	if err != nil {
-		t.Fatalf("NATS cluster: %v", err)
+		fatalf(t, "NATS cluster: %v", err)
 	}
 	t.Cleanup(cl.Shutdown)
 	s := newStack(t, cl.URLs())
@@ -40,10 +40,10 @@ func TestNATSNodeLost(t *testing.T) {
 		r.runs++
 	}
 	if _, err := s.atStep(ctx, ids[0][0], jobs.StepCopying); err != nil {
-		t.Fatalf("waiting for the first copy: %v", err)
+		fatalf(t, "waiting for the first copy: %v", err)
 	}
 	if err := s.atBytes(ctx, ids[0][0], base, im.size/4); err != nil {
-		t.Fatalf("waiting for a quarter of an image to be read: %v", err)
+		fatalf(t, "waiting for a quarter of an image to be read: %v", err)
 	}
 	leader := jobsLeader(ctx, t, s)
 	for _, srv := range cl.Servers {
@@ -68,7 +68,7 @@ func TestNATSNodeLost(t *testing.T) {
 			created += logLines(w, "created volume", id[0])
 		}
 		if created > 1 {
-			t.Errorf("%s: the workers created %d volumes for it", id[0], created)
+			errorf(t, "%s: the workers created %d volumes for it", id[0], created)
 		}
 	}
 	s.checkNoLeaks(r, "img-nats-")
@@ -79,15 +79,15 @@ func jobsLeader(ctx context.Context, t *testing.T, s *stack) string {
 	t.Helper()
 	js, err := jetstream.New(s.nc)
 	if err != nil {
-		t.Fatal(err)
+		fatalf(t, "%v", err)
 	}
 	st, err := js.Stream(ctx, queue.JobsStream)
 	if err != nil {
-		t.Fatalf("stream %s: %v", queue.JobsStream, err)
+		fatalf(t, "stream %s: %v", queue.JobsStream, err)
 	}
 	info, err := st.Info(ctx)
 	if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
-		t.Fatalf("stream %s has no leader: %+v %v", queue.JobsStream, info, err)
+		fatalf(t, "stream %s has no leader: %+v %v", queue.JobsStream, info, err)
 	}
 	return info.Cluster.Leader
 }

@@ -28,19 +28,19 @@ func TestMinIOOutage(t *testing.T) {
 	s.upload(ctx, w, im, jobID, imageID)
 	r.runs++
 	if err := s.atBytes(ctx, jobID, base, im.size/3); err != nil {
-		t.Fatalf("waiting for a third of the image to be read: %v", err)
+		fatalf(t, "waiting for a third of the image to be read: %v", err)
 	}
 	s.minio.Kill()
 	time.Sleep(outage) // the outage itself
 	if err := s.minio.Start(); err != nil {
-		t.Fatalf("restart MinIO: %v", err)
+		fatalf(t, "restart MinIO: %v", err)
 	}
 	res := s.waitEnd(ctx, jobID)
 	r.read += s.proxy.Bytes() - base
 	t.Logf("%s: %d MiB read from staging for a %d MiB image; %d connection(s) to MinIO refused during the outage",
 		jobID, (s.proxy.Bytes()-base)>>20, im.size>>20, s.proxy.Refused())
 	if s.proxy.Refused() == 0 {
-		t.Errorf("the worker never tried to reach MinIO while it was down: the outage missed the upload")
+		errorf(t, "the worker never tried to reach MinIO while it was down: the outage missed the upload")
 	}
 	s.finishRun(ctx, r, w, im, res, jobID, imageID)
 	s.checkNoLeaks(r, imageID)
@@ -63,22 +63,22 @@ func TestTgtdConnectionsCut(t *testing.T) {
 	r.runs++
 	ev, err := s.atStep(ctx, jobID, jobs.StepCopying)
 	if err != nil {
-		t.Fatalf("waiting for the copy: %v", err)
+		fatalf(t, "waiting for the copy: %v", err)
 	}
 	cut := 0
 	for _, frac := range []int64{1, 2} {
 		if err := s.atBytes(ctx, jobID, base, im.size*frac/3); err != nil {
-			t.Fatalf("waiting for %d/3 of the image to be read: %v", frac, err)
+			fatalf(t, "waiting for %d/3 of the image to be read: %v", frac, err)
 		}
 		n, err := s.lab.CutVolumeConnections(ev.VolumeID)
 		if err != nil {
-			t.Fatalf("cut the connections to volume %s: %v", ev.VolumeID, err)
+			fatalf(t, "cut the connections to volume %s: %v", ev.VolumeID, err)
 		}
 		t.Logf("cut %d connection(s) at %d MiB read", n, (s.proxy.Bytes()-base)>>20)
 		cut += n
 	}
 	if cut == 0 {
-		t.Errorf("no connection was cut: the fault never happened")
+		errorf(t, "no connection was cut: the fault never happened")
 	}
 	res := s.waitEnd(ctx, jobID)
 	r.read += s.proxy.Bytes() - base
@@ -105,15 +105,15 @@ func TestCinderAPIOutage(t *testing.T) {
 		s.upload(ctx, w, im, jobID, imageID)
 		r.runs++
 		if _, err := s.atStep(ctx, jobID, step); err != nil {
-			t.Fatalf("waiting for step %s: %v", step, err)
+			fatalf(t, "waiting for step %s: %v", step, err)
 		}
 		if err := s.lab.StopService("cinder-api"); err != nil {
-			t.Fatal(err)
+			fatalf(t, "%v", err)
 		}
 		stopped := time.Now()
 		time.Sleep(outage) // the outage itself
 		if err := s.lab.StartService("cinder-api"); err != nil {
-			t.Fatalf("restart cinder-api: %v", err)
+			fatalf(t, "restart cinder-api: %v", err)
 		}
 		t.Logf("%s: cinder-api down for %.1f s from step %s", jobID, time.Since(stopped).Seconds(), step)
 		res := s.waitEnd(ctx, jobID)

@@ -53,7 +53,7 @@ func startNATS(t *testing.T) string {
 	t.Helper()
 	ns, err := natsembed.Start(natsembed.Options{Dir: t.TempDir(), Port: -1, Name: "fault"})
 	if err != nil {
-		t.Fatalf("start nats-server: %v", err)
+		fatalf(t, "start nats-server: %v", err)
 	}
 	t.Cleanup(ns.Shutdown)
 	return ns.ClientURL()
@@ -68,22 +68,22 @@ func newStack(t *testing.T, natsURL string) *stack {
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, name := range []string{"cinder-volume", "cinder-wsgi"} {
-				t.Logf("%s log (tail):\n%s", name, harness.LastLines(l.Logs(name), 60))
+				t.Logf("%s log, its last warnings and errors:\n%s", name, harness.LastLines(notable(l.Logs(name)), 40))
 			}
 		}
 	})
 	sc, err := staging.New(staging.Config{Endpoint: m.Endpoint, AccessKey: m.AccessKey, SecretKey: m.SecretKey})
 	if err != nil {
-		t.Fatalf("staging client: %v", err)
+		fatalf(t, "staging client: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := sc.EnsureBucket(ctx, bucket); err != nil {
-		t.Fatalf("staging bucket: %v", err)
+		fatalf(t, "staging bucket: %v", err)
 	}
 	nc, err := queue.Connect(ctx, natsURL, queue.ConnectOptions{Name: "fault-" + t.Name()})
 	if err != nil {
-		t.Fatalf("connect to NATS: %v", err)
+		fatalf(t, "connect to NATS: %v", err)
 	}
 	t.Cleanup(nc.Close)
 	s := &stack{t: t, lab: l, minio: m, proxy: harness.StartCountingProxy(t, m.Endpoint), staging: sc, seen: map[string]bool{}}
@@ -107,7 +107,7 @@ func (s *stack) worker(name string, args ...string) *harness.Worker {
 		defer cancel()
 		q, err := queue.Open(ctx, s.nc, queue.Config{Existing: true})
 		if err != nil {
-			s.t.Fatalf("open the queue: %v", err)
+			fatalf(s.t, "open the queue: %v", err)
 		}
 		s.q = q
 	}
@@ -125,7 +125,7 @@ func (s *stack) upload(ctx context.Context, w *harness.Worker, im *image, jobID,
 	s.t.Helper()
 	if _, stderr, code := s.enqueue(ctx, w, "upload", "--object", bucket+"/"+im.key, "--job-id", jobID,
 		"--image-id", imageID, "--size", strconv.FormatInt(im.size, 10)); code != 0 {
-		s.t.Fatalf("enqueue %s: exit %d: %s", jobID, code, stderr)
+		fatalf(s.t, "enqueue %s: exit %d: %s", jobID, code, stderr)
 	}
 }
 
@@ -174,10 +174,10 @@ func (s *stack) waitEnd(ctx context.Context, jobID string) jobs.Result {
 	defer cancel()
 	ev, err := s.until(ctx, jobID, func(jobs.Event) bool { return false })
 	if err != nil {
-		s.t.Fatalf("job %s did not end: %v", jobID, err)
+		fatalf(s.t, "job %s did not end: %v", jobID, err)
 	}
 	if ev.State != jobs.StateCompleted || ev.Result == nil {
-		s.t.Fatalf("job %s ended %s: %s", jobID, ev.State, ev.Error)
+		fatalf(s.t, "job %s ended %s: %s", jobID, ev.State, ev.Error)
 	}
 	return *ev.Result
 }
@@ -205,7 +205,7 @@ func (s *stack) stage(ctx context.Context, seed uint64, size int64, key string) 
 	im := &image{seed: seed, size: size, key: key}
 	m, h := md5.New(), sha512.New()
 	if _, err := s.staging.Put(ctx, jobs.Object{Bucket: bucket, Key: key}, io.TeeReader(im.reader(), io.MultiWriter(m, h)), size); err != nil {
-		s.t.Fatalf("stage %s: %v", key, err)
+		fatalf(s.t, "stage %s: %v", key, err)
 	}
 	im.md5, im.sha512 = hex.EncodeToString(m.Sum(nil)), hex.EncodeToString(h.Sum(nil))
 	return im
@@ -304,7 +304,7 @@ func (s *stack) volumesNamed(name string) []harness.LabVolume {
 func (s *stack) deleteVolume(ctx context.Context, w *harness.Worker, volumeID string) {
 	s.t.Helper()
 	if _, stderr, code := s.enqueue(ctx, w, "delete", volumeID, "--wait"); code != 0 {
-		s.t.Errorf("delete job of volume %s: exit %d: %s", volumeID, code, stderr)
+		errorf(s.t, "delete job of volume %s: exit %d: %s", volumeID, code, stderr)
 		return
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -317,7 +317,7 @@ func (s *stack) deleteVolume(ctx context.Context, w *harness.Worker, volumeID st
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Errorf("volume %s is still there 2 min after its delete job", volumeID)
+			errorf(s.t, "volume %s is still there 2 min after its delete job", volumeID)
 			return
 		}
 		time.Sleep(250 * time.Millisecond)
@@ -368,7 +368,7 @@ func (s *stack) checkNoLeaks(r *row, prefix string) {
 	n, left := s.leaks(prefix)
 	r.leaks = n
 	if n > 0 {
-		s.t.Errorf("leaked: %s", strings.Join(left, ", "))
+		errorf(s.t, "leaked: %s", strings.Join(left, ", "))
 	}
 }
 
@@ -429,13 +429,37 @@ func (s *stack) finishRun(ctx context.Context, r *row, w *harness.Worker, im *im
 	s.seen[res.VolumeID] = true
 	r.images += im.size
 	if bad := s.checkUpload(im, res, jobID, imageID); len(bad) > 0 {
-		s.t.Errorf("%s: %s", jobID, strings.Join(bad, "; "))
+		errorf(s.t, "%s: %s", jobID, strings.Join(bad, "; "))
 	} else {
 		r.completed++
 	}
 	if n := logLines(w, "created volume", jobID); n > 1 {
-		s.t.Errorf("%s: the job created %d volumes", jobID, n)
+		errorf(s.t, "%s: the job created %d volumes", jobID, n)
 	}
 	s.t.Logf("%s: completed after %d attempt(s) on %s", jobID, logLines(w, "job started", jobID), res.VolumeID)
 	s.deleteVolume(ctx, w, res.VolumeID)
+}
+
+// notable keeps the lines of an OpenStack service's log above INFO (and
+// the tracebacks that follow them): what a failure's reader needs, without
+// every API request.
+func notable(log string) string {
+	var keep []string
+	inTrace := false
+	for _, line := range strings.Split(log, "\n") {
+		level := ""
+		if f := strings.Fields(line); len(f) > 3 {
+			level = f[3] // date time pid LEVEL module …
+		}
+		switch {
+		case level == "WARNING" || level == "ERROR" || level == "CRITICAL":
+			inTrace = true
+			keep = append(keep, line)
+		case level == "INFO" || level == "DEBUG":
+			inTrace = false
+		case inTrace:
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
 }

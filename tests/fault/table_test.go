@@ -25,6 +25,35 @@ type row struct {
 var table struct {
 	mu   sync.Mutex
 	rows []*row
+	// failures are the tests' error messages, printed again after the
+	// table: a failing test's log tails (workers, Cinder) run to hundreds
+	// of lines, and a reader of the end of the output should still see
+	// why it failed.
+	failures []string
+}
+
+// errorf is t.Errorf, with the message kept for the summary.
+func errorf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	keepFailure(t, format, args)
+	t.Errorf(format, args...)
+}
+
+// fatalf is t.Fatalf, with the message kept for the summary.
+func fatalf(t testing.TB, format string, args ...any) {
+	t.Helper()
+	keepFailure(t, format, args)
+	t.Fatalf(format, args...)
+}
+
+func keepFailure(t testing.TB, format string, args []any) {
+	msg := fmt.Sprintf(format, args...)
+	if len(msg) > 2000 {
+		msg = msg[:2000] + " […]"
+	}
+	table.mu.Lock()
+	table.failures = append(table.failures, t.Name()+": "+msg)
+	table.mu.Unlock()
 }
 
 // addRow registers a test's row, filled in as the test goes; it is printed
@@ -54,16 +83,21 @@ func (r *row) reRead() string {
 	return fmt.Sprintf("%.1f MiB (%.1f%% of %.0f MiB)", float64(re)/(1<<20), 100*float64(re)/float64(r.images), float64(r.images)/(1<<20))
 }
 
-// printTable writes the table as markdown.
+// printTable writes the table as markdown, then the failures.
 func printTable(w io.Writer) {
 	table.mu.Lock()
 	defer table.mu.Unlock()
-	if len(table.rows) == 0 {
-		return
+	if len(table.rows) > 0 {
+		fmt.Fprintln(w, "\n| fault | runs | completed | leaks | bytes re-read |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		for _, r := range table.rows {
+			fmt.Fprintf(w, "| %s | %d | %d | %d | %s |\n", r.fault, r.runs, r.completed, r.leaks, r.reRead())
+		}
 	}
-	fmt.Fprintln(w, "\n| fault | runs | completed | leaks | bytes re-read |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
-	for _, r := range table.rows {
-		fmt.Fprintf(w, "| %s | %d | %d | %d | %s |\n", r.fault, r.runs, r.completed, r.leaks, r.reRead())
+	if len(table.failures) > 0 {
+		fmt.Fprintln(w, "\nfailures (also in the tests' output above):")
+		for _, f := range table.failures {
+			fmt.Fprintln(w, "- "+f)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"testing"
 )
 
 // Metrics scrapes the worker's /metrics into series → value, a series being
@@ -109,3 +110,8 @@ func Label(labels, name string) string {
 	v, _, _ := strings.Cut(rest, `"`)
 	return v
 }
+
+// OnFailure is called with the message of a failure the harness reports
+// itself (a worker that does not stop), before the test is failed: a
+// package that summarizes its failures at the end sets it.
+var OnFailure = func(t testing.TB, msg string) {}

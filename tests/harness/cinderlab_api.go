@@ -400,6 +400,7 @@ func (l *CinderLab) WaitNoLeaks(t testing.TB) {
 		return nil
 	})
 	if err != nil {
+		OnFailure(t, "resources leaked: "+report)
 		t.Errorf("resources leaked: %s", report)
 	}
 }

@@ -227,7 +227,9 @@ func (w *Worker) Stop() {
 	select {
 	case <-done:
 	case <-time.After(90 * time.Second):
-		w.t.Errorf("worker did not stop within 90 s of SIGTERM")
+		msg := "worker did not stop within 90 s of SIGTERM:\n" + LastLines(w.Logs(), 20)
+		OnFailure(w.t, msg)
+		w.t.Error(msg)
 		cmd.Process.Kill()
 		<-done
 	}
