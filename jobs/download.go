@@ -34,13 +34,15 @@ type Downloads struct {
 
 // shared is one volume's attachment and its readers.
 type shared struct {
-	ready   chan struct{} // closed when attaching finished
-	err     error
-	img     ImageInfo
-	attID   string
-	dev     Device
-	readers int
-	timer   *time.Timer
+	ready chan struct{} // closed when attaching finished
+	err   error
+	img   ImageInfo
+	attID string
+	dev   Device
+	// completed is closed when the attachment's completion returned.
+	completed chan struct{}
+	readers   int
+	timer     *time.Timer
 }
 
 // ImageInfo describes a served image.
@@ -86,9 +88,10 @@ func (d *Downloads) Stat(ctx context.Context, volumeID string) (ImageInfo, error
 		HashAlgo: v.Metadata[MetaHashAlgo], HashValue: v.Metadata[MetaHashValue]}, nil
 }
 
-// Open attaches the volume (or joins its existing attachment) and returns a
-// handle; Close it when done.
-func (d *Downloads) Open(ctx context.Context, volumeID string) (*Image, error) {
+// Open attaches the volume of info, which Stat returned, (or joins its
+// existing attachment) and returns a handle; Close it when done.
+func (d *Downloads) Open(ctx context.Context, info ImageInfo) (*Image, error) {
+	volumeID := info.VolumeID
 	d.mu.Lock()
 	if d.open == nil {
 		d.open = map[string]*shared{}
@@ -119,7 +122,7 @@ func (d *Downloads) Open(ctx context.Context, volumeID string) (*Image, error) {
 	d.open[volumeID] = s
 	d.mu.Unlock()
 
-	s.err = d.attach(context.WithoutCancel(ctx), volumeID, s)
+	s.err = d.attach(context.WithoutCancel(ctx), info, s)
 	close(s.ready)
 	if s.err != nil {
 		d.release(volumeID, s)
@@ -128,32 +131,43 @@ func (d *Downloads) Open(ctx context.Context, volumeID string) (*Image, error) {
 	return &Image{ImageInfo: s.img, d: d, s: s}, nil
 }
 
-func (d *Downloads) attach(ctx context.Context, volumeID string, s *shared) error {
+func (d *Downloads) attach(ctx context.Context, img ImageInfo, s *shared) error {
+	volumeID := img.VolumeID
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	img, err := d.Stat(ctx, volumeID)
-	if err != nil {
-		return err
-	}
+	t0 := time.Now()
 	att, err := d.Volumes.Attach(ctx, volumeID, ReadOnly)
 	if err != nil {
 		return fmt.Errorf("attach volume %s read-only: %w", volumeID, err)
 	}
+	t1 := time.Now()
 	dev, err := d.Connector.Connect(ctx, att.Connection, ReadOnly)
-	if err == nil {
-		err = d.Volumes.CompleteAttachment(ctx, att.ID)
-		if err != nil {
-			dev.Close()
-		}
-	}
 	if err != nil {
 		if derr := d.Volumes.Detach(ctx, att.ID); derr != nil {
 			d.Log.Error().Err(derr).Str("volume_id", volumeID).Msg("detach after a failed connect")
 		}
 		return fmt.Errorf("connect to volume %s: %w", volumeID, err)
 	}
+	t2 := time.Now()
 	s.img, s.attID, s.dev = img, att.ID, dev
-	d.Log.Info().Str("volume_id", volumeID).Str("attachment_id", att.ID).Msg("attached for downloads")
+	// The attachment's completion only records it as in use: the export
+	// and the session exist, so the first reader need not wait for it (a
+	// Cinder round trip). The detach waits for it.
+	s.completed = make(chan struct{})
+	go func() {
+		defer close(s.completed)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		start := time.Now()
+		if err := d.Volumes.CompleteAttachment(ctx, att.ID); err != nil {
+			d.Log.Warn().Err(err).Str("volume_id", volumeID).Str("attachment_id", att.ID).
+				Msg("complete the download attachment: it stays attaching until its detach")
+			return
+		}
+		d.Log.Debug().Str("volume_id", volumeID).Dur("complete", time.Since(start)).Msg("download attachment completed")
+	}()
+	d.Log.Info().Str("volume_id", volumeID).Str("attachment_id", att.ID).
+		Dur("attach", t1.Sub(t0)).Dur("connect", t2.Sub(t1)).Msg("attached for downloads")
 	return nil
 }
 
@@ -193,6 +207,7 @@ func (d *Downloads) detach(volumeID string, s *shared) {
 	if err := s.dev.Close(); err != nil {
 		d.Log.Warn().Err(err).Str("volume_id", volumeID).Msg("disconnect")
 	}
+	<-s.completed
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := d.Volumes.Detach(ctx, s.attID); err != nil {

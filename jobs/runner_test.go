@@ -1,9 +1,15 @@
 package jobs_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/md5"
 	"errors"
+	"fmt"
 	"io"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,7 +98,11 @@ func TestExportEvictsAnIdleDownloadAttachment(t *testing.T) {
 	}
 	d := &jobs.Downloads{Volumes: g.vols, Connector: r.Connector, Copier: r.Copier, Linger: time.Hour}
 	defer d.Close()
-	img, err := d.Open(ctx, up.VolumeID)
+	info, err := d.Stat(ctx, up.VolumeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := d.Open(ctx, info)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -191,4 +201,98 @@ func TestSmallUploadCommitsThreeTimes(t *testing.T) {
 	if err != nil || rec.Outcome != "completed" || rec.AttachmentID != "" || rec.Step != jobs.StepDone {
 		t.Errorf("journal record %+v, %v: want completed, detached, done", rec, err)
 	}
+}
+
+// slowCompletion holds every attachment completion until released, and
+// records the order of completions and detaches.
+type slowCompletion struct {
+	jobs.Volumes
+	release chan struct{}
+	mu      sync.Mutex
+	calls   []string
+}
+
+func (s *slowCompletion) CompleteAttachment(ctx context.Context, id string) error {
+	<-s.release
+	s.mu.Lock()
+	s.calls = append(s.calls, "complete "+id)
+	s.mu.Unlock()
+	return s.Volumes.CompleteAttachment(ctx, id)
+}
+
+func (s *slowCompletion) Detach(ctx context.Context, id string) error {
+	s.mu.Lock()
+	s.calls = append(s.calls, "detach "+id)
+	s.mu.Unlock()
+	return s.Volumes.Detach(ctx, id)
+}
+
+// TestDownloadReadsBeforeTheAttachmentCompletes: a download's first bytes
+// do not wait for Cinder to record the attachment as complete, and its
+// detach waits for that completion, not the other way round.
+func TestDownloadReadsBeforeTheAttachmentCompletes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	up, err := r.Run(ctx, g.job, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vols := &slowCompletion{Volumes: g.vols, release: make(chan struct{})}
+	d := &jobs.Downloads{Volumes: vols, Connector: r.Connector, Copier: r.Copier, Linger: time.Millisecond}
+	info, err := d.Stat(ctx, up.VolumeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := make(chan error, 1)
+	var img *jobs.Image
+	go func() {
+		var err error
+		img, err = d.Open(ctx, info)
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		close(vols.release) // let it go, then fail
+		<-opened
+		t.Fatal("Open waited for the attachment's completion")
+	}
+	var got bytes.Buffer
+	if _, err := img.WriteRange(ctx, &got, 0, img.Size); err != nil {
+		t.Fatal(err)
+	}
+	if sum := fmt.Sprintf("%x", md5.Sum(got.Bytes())); sum != up.Checksum {
+		t.Errorf("read back md5 %s, want %s", sum, up.Checksum)
+	}
+	img.Close()
+	time.Sleep(50 * time.Millisecond) // the linger ends; the detach waits for the completion
+	vols.mu.Lock()
+	early := slices.Clone(vols.calls)
+	vols.mu.Unlock()
+	if len(early) != 0 {
+		t.Errorf("before the completion returned: %v, want nothing", early)
+	}
+	close(vols.release)
+	d.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for d.Attached() > 0 || len(vols.snapshot()) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the completion: %v, %d attached", vols.snapshot(), d.Attached())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c := vols.snapshot(); !strings.HasPrefix(c[0], "complete ") || !strings.HasPrefix(c[1], "detach ") {
+		t.Errorf("calls %v, want the completion, then the detach", c)
+	}
+}
+
+func (s *slowCompletion) snapshot() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.calls)
 }

@@ -154,7 +154,7 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		return
 	}
-	img, err := s.Downloads.Open(r.Context(), id)
+	img, err := s.Downloads.Open(r.Context(), info)
 	if err != nil {
 		s.fail(w, log, err)
 		return
