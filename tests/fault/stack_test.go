@@ -304,7 +304,7 @@ func (s *stack) volumesNamed(name string) []harness.LabVolume {
 func (s *stack) deleteVolume(ctx context.Context, w *harness.Worker, volumeID string) {
 	s.t.Helper()
 	if _, stderr, code := s.enqueue(ctx, w, "delete", volumeID, "--wait"); code != 0 {
-		errorf(s.t, "delete job of volume %s: exit %d: %s", volumeID, code, stderr)
+		errorf(s.t, "delete job of volume %s: exit %d: %s\nthe worker's last lines:\n%s", volumeID, code, stderr, harness.LastLines(w.Logs(), 15))
 		return
 	}
 	deadline := time.Now().Add(2 * time.Minute)
@@ -372,6 +372,18 @@ func (s *stack) checkNoLeaks(r *row, prefix string) {
 	}
 }
 
+// jobLog returns the last n lines of a worker's log about the job, at
+// level info or above: what a failure's reader needs to follow its attempts.
+func jobLog(w *harness.Worker, jobID string, n int) string {
+	var keep []string
+	for _, line := range strings.Split(w.Logs(), "\n") {
+		if strings.Contains(line, `"job_id":"`+jobID+`"`) && !strings.Contains(line, `"level":"debug"`) {
+			keep = append(keep, line)
+		}
+	}
+	return harness.LastLines(strings.Join(keep, "\n"), n)
+}
+
 // logLines counts a worker's JSON log lines with message msg for the job.
 func logLines(w *harness.Worker, msg, jobID string) int {
 	n := 0
@@ -434,7 +446,7 @@ func (s *stack) finishRun(ctx context.Context, r *row, w *harness.Worker, im *im
 		r.completed++
 	}
 	if n := logLines(w, "created volume", jobID); n > 1 {
-		errorf(s.t, "%s: the job created %d volumes", jobID, n)
+		errorf(s.t, "%s: the job created %d volumes; its log, info and above:\n%s", jobID, n, jobLog(w, jobID, 40))
 	}
 	s.t.Logf("%s: completed after %d attempt(s) on %s", jobID, logLines(w, "job started", jobID), res.VolumeID)
 	s.deleteVolume(ctx, w, res.VolumeID)

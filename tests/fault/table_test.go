@@ -3,6 +3,7 @@ package fault
 import (
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -47,9 +48,17 @@ func fatalf(t testing.TB, format string, args ...any) {
 }
 
 func keepFailure(t testing.TB, format string, args []any) {
-	msg := fmt.Sprintf(format, args...)
-	if len(msg) > 2000 {
-		msg = msg[:2000] + " […]"
+	// The first line only: details (logs) are in the test's output, and
+	// the end of the output should show every failure's headline.
+	msg, more := fmt.Sprintf(format, args...), false
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg, more = msg[:i], true
+	}
+	if len(msg) > 500 {
+		msg, more = msg[:500], true
+	}
+	if more {
+		msg += " […]"
 	}
 	table.mu.Lock()
 	table.failures = append(table.failures, t.Name()+": "+msg)
