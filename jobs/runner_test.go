@@ -83,6 +83,19 @@ func TestJobsLeaveOtherVolumesAlone(t *testing.T) {
 	}
 }
 
+// uploaded runs the rig's upload job and returns the rig, its runner and
+// the result.
+func uploaded(ctx context.Context, t *testing.T) (*rig, *jobs.Runner, jobs.Result) {
+	t.Helper()
+	g := newRig(t)
+	r := g.runner(t, nil)
+	up, err := r.Run(ctx, g.job, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, r, up
+}
+
 // TestExportEvictsAnIdleDownloadAttachment: a download left the volume
 // attached (lingering for the next reader); an export on the same worker
 // releases that attachment instead of waiting for it, since the volume
@@ -90,12 +103,7 @@ func TestJobsLeaveOtherVolumesAlone(t *testing.T) {
 func TestExportEvictsAnIdleDownloadAttachment(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	g := newRig(t)
-	r := g.runner(t, nil)
-	up, err := r.Run(ctx, g.job, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, r, up := uploaded(ctx, t)
 	d := &jobs.Downloads{Volumes: g.vols, Connector: r.Connector, Copier: r.Copier, Linger: time.Hour}
 	defer d.Close()
 	info, err := d.Stat(ctx, up.VolumeID)
@@ -233,12 +241,7 @@ func (s *slowCompletion) Detach(ctx context.Context, id string) error {
 func TestDownloadReadsBeforeTheAttachmentCompletes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	g := newRig(t)
-	r := g.runner(t, nil)
-	up, err := r.Run(ctx, g.job, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, r, up := uploaded(ctx, t)
 	vols := &slowCompletion{Volumes: g.vols, release: make(chan struct{})}
 	d := &jobs.Downloads{Volumes: vols, Connector: r.Connector, Copier: r.Copier, Linger: time.Millisecond}
 	info, err := d.Stat(ctx, up.VolumeID)
