@@ -53,7 +53,7 @@ fuzz:
 	scripts/fuzz.sh $(FUZZTIME)
 
 lint:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@files=$$(gofmt -l .); if [ -n "$$files" ]; then echo "gofmt wants to change:" $$files >&2; exit 1; fi
 	$(GO) vet ./...
 
 clean:
