@@ -190,6 +190,8 @@ func cell(c any) string {
 		default:
 			return fmt.Sprintf("%.2f", v)
 		}
+	case nil:
+		return "–"
 	default:
 		return fmt.Sprint(v)
 	}

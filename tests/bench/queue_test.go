@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,34 +28,6 @@ var (
 	queueConcurrency = flag.Int("bench.queue-concurrency", 1, "--concurrency of each worker in the queue benchmark")
 	queueRounds      = flag.Int("bench.queue-rounds", 3, "throughput rounds per worker count (the median is reported)")
 )
-
-// cpuTimes are the host's CPU times (all CPUs) from /proc/stat, in ticks.
-type cpuTimes struct{ idle, total uint64 }
-
-func readCPU() cpuTimes {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return cpuTimes{}
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	var c cpuTimes
-	for i, f := range strings.Fields(line)[1:] {
-		v, _ := strconv.ParseUint(f, 10, 64)
-		c.total += v
-		if i == 3 || i == 4 { // idle, iowait
-			c.idle += v
-		}
-	}
-	return c
-}
-
-// busySince is the share of CPU time that was not idle since c0.
-func (c cpuTimes) busySince(c0 cpuTimes) float64 {
-	if c.total <= c0.total {
-		return 0
-	}
-	return 1 - float64(c.idle-c0.idle)/float64(c.total-c0.total)
-}
 
 // closed reports whether ch is closed.
 func closed(ch <-chan struct{}) bool {
@@ -137,6 +108,22 @@ func (c *jobClock) waitEnded(ctx context.Context, b *testing.B, ids []string) {
 	}
 }
 
+// cpuShare is one round's CPU time a job, in ms.
+type cpuShare struct{ host, first, others, bench float64 }
+
+// workersCPU is the CPU time so far of the first worker, of the others
+// (those running) and of this process.
+func workersCPU(ws []*harness.Worker) [3]time.Duration {
+	var t [3]time.Duration
+	for i, w := range ws {
+		if pid := w.Pid(); pid != 0 {
+			t[min(i, 1)] += procCPU(pid)
+		}
+	}
+	t[2] = selfCPU()
+	return t
+}
+
 func percentile(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -207,7 +194,7 @@ func BenchmarkQueue(b *testing.B) {
 	// that alternate the order (1, 2, 4, then 4, 2, 1, …) so that a noisy
 	// neighbour does not weigh on one worker count only.
 	ts := report.section(31, fmt.Sprintf("Queue: throughput of %d tiny upload jobs (4 KiB, local volumes), --concurrency %s per worker, median of %d rounds",
-		*queueJobs, slots, *queueRounds), "workers", "jobs/s", "× 1 worker", "CPU ceiling ×", "each round's jobs/s", "host CPU busy", "start p50 ms", "start p99 ms")
+		*queueJobs, slots, *queueRounds), "workers", "jobs/s", "× 1 worker", "CPU ceiling ×", "each round's jobs/s", "host CPU busy", "CPU ms a job", "first worker", "other workers", "benchmark", "start p50 ms", "start p99 ms")
 	workers := []*harness.Worker{first}
 	for len(workers) < 4 {
 		w := harness.StartWorker(b, harness.WorkerOptions{BinDir: binDir, Args: []string{
@@ -235,6 +222,7 @@ func BenchmarkQueue(b *testing.B) {
 	counts := []int{1, 2, 4}
 	rates := map[int][]float64{}
 	busy := map[int][]float64{}
+	perJob := map[int][]cpuShare{}
 	starts := map[int][]time.Duration{}
 	for r := range *queueRounds {
 		order := slices.Clone(counts)
@@ -243,7 +231,7 @@ func BenchmarkQueue(b *testing.B) {
 		}
 		for _, n := range order {
 			use(n)
-			cpu0 := readCPU()
+			cpu0, procs0 := readCPU(), workersCPU(workers)
 			ids := make([]string, *queueJobs)
 			enq := make(map[string]time.Time, len(ids))
 			t0 := time.Now()
@@ -265,7 +253,11 @@ func BenchmarkQueue(b *testing.B) {
 			}
 			clock.mu.Unlock()
 			rates[n] = append(rates[n], float64(len(ids))/last.Sub(t0).Seconds())
-			busy[n] = append(busy[n], readCPU().busySince(cpu0))
+			cpu1, procs1 := readCPU(), workersCPU(workers)
+			busy[n] = append(busy[n], cpu1.busySince(cpu0))
+			per := func(d time.Duration) float64 { return d.Seconds() * 1000 / float64(len(ids)) }
+			perJob[n] = append(perJob[n], cpuShare{host: cpu1.secondsSince(cpu0) * 1000 / float64(len(ids)),
+				first: per(procs1[0] - procs0[0]), others: per(procs1[1] - procs0[1]), bench: per(procs1[2] - procs0[2])})
 		}
 	}
 	median := func(v []float64) float64 {
@@ -291,7 +283,16 @@ func BenchmarkQueue(b *testing.B) {
 		for i, v := range rates[n] {
 			each[i] = fmt.Sprintf("%.1f", v)
 		}
+		pick := func(f func(cpuShare) float64) float64 {
+			v := make([]float64, len(perJob[n]))
+			for i, c := range perJob[n] {
+				v[i] = f(c)
+			}
+			return median(v)
+		}
 		ts.add(n, median(rates[n]), median(rates[n])/base, ceiling(n), strings.Join(each, ", "), fmt.Sprintf("%.0f %%", 100*median(busy[n])),
+			pick(func(c cpuShare) float64 { return c.host }), pick(func(c cpuShare) float64 { return c.first }),
+			pick(func(c cpuShare) float64 { return c.others }), pick(func(c cpuShare) float64 { return c.bench }),
 			ms(percentile(starts[n], 0.5)), ms(percentile(starts[n], 0.99)))
 	}
 	twoX := median(rates[2]) / base
@@ -300,7 +301,10 @@ func BenchmarkQueue(b *testing.B) {
 		"include the time a job waits behind the others (all rounds pooled). **host CPU busy** is the share of all of the host's CPU time " +
 		"not idle during the rounds (median), whoever used it: at 100 %% more workers cannot go faster. **CPU ceiling ×** follows from it: " +
 		"one worker kept that share of the host busy (its job, the embedded NATS and S3, this benchmark's subscriber), so n workers on this " +
-		"host can reach at most min(n, 1 / that share) × its throughput, however well they scale.")
+		"host can reach at most min(n, 1 / that share) × its throughput, however well they scale. **CPU ms a job** divides the whole host's CPU time " +
+		"during the round by its jobs (medians); **first worker**, **other workers** and **benchmark** split out, in the same unit, the first " +
+		"worker's process (its job runner, the embedded NATS server and S3 endpoint), the other workers' and this benchmark's (enqueuing, " +
+		"and decoding every job's events); the rest is the kernel's threads (writeback, the journal's fsyncs) and other processes.")
 	report.target("tiny-job throughput, 2 workers vs 1", "≥ 1.7×", fmt.Sprintf("%.2f× (medians of %d rounds; this host's CPU ceiling %.2f×)",
 		twoX, *queueRounds, ceiling(2)), twoX >= 1.7)
 	b.ReportMetric(ms(p99), "p99-start-ms")
