@@ -228,15 +228,23 @@ func BenchmarkQueue(b *testing.B) {
 	// Warm-up: the first bursts of a run were up to 2.8× slower than the
 	// next ones with the same workers (54 against 150 jobs/s for one), for
 	// every worker count that came first.
-	for r := range *queueWarmup {
-		use(len(workers))
+	// burst enqueues *queueJobs jobs named prefix-i and returns their ids
+	// and when each was enqueued.
+	burst := func(prefix string) ([]string, map[string]time.Time) {
 		ids := make([]string, *queueJobs)
+		enq := make(map[string]time.Time, len(ids))
 		for i := range ids {
-			ids[i] = fmt.Sprintf("warm-%d-%s-%d", r, run, i)
+			ids[i] = fmt.Sprintf("%s-%d", prefix, i)
+			enq[ids[i]] = time.Now()
 			if _, err := q.Enqueue(ctx, job(ids[i])); err != nil {
 				b.Fatal(err)
 			}
 		}
+		return ids, enq
+	}
+	for r := range *queueWarmup {
+		use(len(workers))
+		ids, _ := burst(fmt.Sprintf("warm-%d-%s", r, run))
 		clock.waitEnded(ctx, b, ids)
 	}
 	for r := range *queueRounds {
@@ -247,16 +255,8 @@ func BenchmarkQueue(b *testing.B) {
 		for _, n := range order {
 			use(n)
 			cpu0, procs0 := readCPU(), workersCPU(workers)
-			ids := make([]string, *queueJobs)
-			enq := make(map[string]time.Time, len(ids))
 			t0 := time.Now()
-			for i := range ids {
-				ids[i] = fmt.Sprintf("tp%d-%d-%s-%d", n, r, run, i)
-				enq[ids[i]] = time.Now()
-				if _, err := q.Enqueue(ctx, job(ids[i])); err != nil {
-					b.Fatal(err)
-				}
-			}
+			ids, enq := burst(fmt.Sprintf("tp%d-%d-%s", n, r, run))
 			clock.waitEnded(ctx, b, ids)
 			clock.mu.Lock()
 			var last time.Time
@@ -275,14 +275,6 @@ func BenchmarkQueue(b *testing.B) {
 				first: per(procs1[0] - procs0[0]), others: per(procs1[1] - procs0[1]), bench: per(procs1[2] - procs0[2])})
 		}
 	}
-	median := func(v []float64) float64 {
-		s := slices.Clone(v)
-		slices.Sort(s)
-		if len(s)%2 == 1 {
-			return s[len(s)/2]
-		}
-		return (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
 	base := median(rates[1])
 	// ceiling is how far n workers could go if the host's CPU were all
 	// that limited them and a job cost as much CPU as with one worker,
@@ -299,13 +291,7 @@ func BenchmarkQueue(b *testing.B) {
 		for i, v := range rates[n] {
 			each[i] = fmt.Sprintf("%.1f", v)
 		}
-		pick := func(f func(cpuShare) float64) float64 {
-			v := make([]float64, len(perJob[n]))
-			for i, c := range perJob[n] {
-				v[i] = f(c)
-			}
-			return median(v)
-		}
+		pick := func(f func(cpuShare) float64) float64 { return medianOf(perJob[n], f) }
 		ts.add(n, median(rates[n]), median(rates[n])/base, ceiling(n), strings.Join(each, ", "), fmt.Sprintf("%.0f %%", 100*median(busy[n])),
 			pick(func(c cpuShare) float64 { return c.host }), pick(func(c cpuShare) float64 { return c.first }),
 			pick(func(c cpuShare) float64 { return c.others }), pick(func(c cpuShare) float64 { return c.bench }),

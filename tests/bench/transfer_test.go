@@ -431,19 +431,8 @@ func (s *stack) downloads(ctx context.Context, sec *Section, w *harness.Worker, 
 
 // medCPU is the median of each field of u.
 func medCPU(u []cpuUse) cpuUse {
-	pick := func(f func(cpuUse) float64) float64 {
-		v := make([]float64, len(u))
-		for i := range u {
-			v[i] = f(u[i])
-		}
-		slices.Sort(v)
-		if len(v) == 0 {
-			return 0
-		}
-		return v[len(v)/2]
-	}
-	return cpuUse{pick(func(c cpuUse) float64 { return c.host }), pick(func(c cpuUse) float64 { return c.tgtd }),
-		pick(func(c cpuUse) float64 { return c.copier }), pick(func(c cpuUse) float64 { return c.client })}
+	return cpuUse{medianOf(u, func(c cpuUse) float64 { return c.host }), medianOf(u, func(c cpuUse) float64 { return c.tgtd }),
+		medianOf(u, func(c cpuUse) float64 { return c.copier }), medianOf(u, func(c cpuUse) float64 { return c.client })}
 }
 
 // attachTimes is the worker's account of a download attachment, in ms.
