@@ -21,13 +21,18 @@ type MinIO struct {
 	AccessKey string
 	SecretKey string
 
-	bin  string
-	dir  string
-	env  []string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
+	// console is the address of MinIO's console listener, which MinIO
+	// opens even with the browser off: left to MinIO, it picked the S3
+	// port once (CI failed with "--console-address port cannot be same as
+	// --address port").
+	console string
+	bin     string
+	dir     string
+	env     []string
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	done    chan struct{}
+	log     *os.File
 }
 
 // StartMinIO runs MinIO for the test and stops it at cleanup. env adds
@@ -36,8 +41,10 @@ type MinIO struct {
 func StartMinIO(t testing.TB, env ...string) *MinIO {
 	t.Helper()
 	bin := Need(t, "minio", "MinIO")
-	port := FreePort(t)
-	m := newMinIO(bin, t.TempDir(), port, env)
+	m, err := newMinIO(bin, t.TempDir(), env)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(m.Stop)
 	if err := m.Start(); err != nil {
 		t.Fatal(err)
@@ -45,9 +52,21 @@ func StartMinIO(t testing.TB, env ...string) *MinIO {
 	return m
 }
 
-func newMinIO(bin, dir string, port int, env []string) *MinIO {
+// newMinIO prepares a server on two free ports of its own: the S3 API's
+// and the console's.
+func newMinIO(bin, dir string, env []string) (*MinIO, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	console := port
+	for console == port {
+		if console, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
 	return &MinIO{bin: bin, dir: dir, env: env, AccessKey: "cp" + randHex(8), SecretKey: randHex(24),
-		Endpoint: "127.0.0.1:" + strconv.Itoa(port)}
+		Endpoint: "127.0.0.1:" + strconv.Itoa(port), console: "127.0.0.1:" + strconv.Itoa(console)}, nil
 }
 
 // SharedMinIO starts one MinIO for a whole test binary, on first use, and
@@ -70,12 +89,10 @@ func (s *SharedMinIO) Get(t testing.TB) *MinIO {
 			s.err = err
 			return
 		}
-		port, err := freePort()
-		if err != nil {
-			s.err = err
+		if s.m, s.err = newMinIO(bin, dir, nil); s.err != nil {
+			os.RemoveAll(dir)
 			return
 		}
-		s.m = newMinIO(bin, dir, port, nil)
 		if s.err = s.m.Start(); s.err != nil {
 			os.RemoveAll(dir)
 			s.m = nil
@@ -114,7 +131,7 @@ func (m *MinIO) Start() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(m.bin, "server", filepath.Join(m.dir, "data"), "--address", m.Endpoint, "--quiet")
+	cmd := exec.Command(m.bin, "server", filepath.Join(m.dir, "data"), "--address", m.Endpoint, "--console-address", m.console, "--quiet")
 	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey,
 		"MINIO_BROWSER=off", "MINIO_UPDATE=off", "MINIO_CI_CD=1")
 	cmd.Env = append(cmd.Env, m.env...)
